@@ -1,0 +1,1 @@
+"""The engine: a background asyncio loop and the WebRTC links that live on it."""
