@@ -1,0 +1,201 @@
+"""Hostile file and user names, and shared URLs, made safe."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ivisit_nb.sharing.names import numbered_name, safe_name, safe_user_dir
+from ivisit_nb.sharing.urls import BadURL, check_url
+
+BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+
+HOSTILE = [
+    ("../../etc/passwd", "passwd"),
+    ("..\\..\\windows\\system32\\cmd.exe", "cmd.exe"),
+    ("C:\\x\\y.txt", "y.txt"),
+    ("C:", "file"),
+    ("C:evil.txt", "evil.txt"),
+    ("\\\\server\\share", "share"),
+    ("\\\\?\\C:\\secret.txt", "secret.txt"),
+    ("/etc/shadow", "shadow"),
+    ("dir/", "dir"),
+    ("..", "file"),
+    (".", "file"),
+    ("...", "file"),
+    ("", "file"),
+    ("   ", "file"),
+    (".bashrc", "bashrc"),
+    ("..parts", "parts"),
+    (".parts/x.part", "x.part"),
+    ("name.txt.", "name.txt"),
+    ("  name.txt  ", "name.txt"),
+    ("na\x00me.txt", "name.txt"),
+    ("na\x1bme\x7f.txt", "name.txt"),
+    ("a\x85b\x9f.txt", "ab.txt"),  # C1 controls
+    ("evil\u202etxt.exe", "eviltxt.exe"),  # right-to-left override spoofing ".exe"
+    ("photo\u2066gpj.exe", "photogpj.exe"),
+    ("zero\u200bwidth\ufeff.txt", "zerowidth.txt"),
+    ("line\u2028break.txt", "linebreak.txt"),
+    ("CON", "_CON"),
+    ("con.txt", "_con.txt"),
+    ("Nul.tar.gz", "_Nul.tar.gz"),
+    ("COM1", "_COM1"),
+    ("lpt9.log", "_lpt9.log"),
+    ("COM\u00b9", "_COM\u00b9"),
+    ("AUX .txt", "_AUX .txt"),
+    ("CONSOLE.txt", "CONSOLE.txt"),
+    ("COM10", "COM10"),
+    ('a<b>c:d"e|f?g*h.txt', "a_b_c_d_e_f_g_h.txt"),
+    ("file.txt:secret", "file.txt_secret"),  # NTFS alternate data stream
+    ("e\u0301te\u0301.txt", "\u00e9t\u00e9.txt"),  # NFC
+    ("\ud800lone.txt", "lone.txt"),  # lone surrogate cannot be stored
+]
+
+
+@pytest.mark.parametrize("hostile, expected", HOSTILE)
+def test_hostile_names(hostile: str, expected: str) -> None:
+    assert safe_name(hostile) == expected
+    assert safe_name(expected) == expected
+
+
+def test_long_name_keeps_extension_and_code_points() -> None:
+    name = "é" * 300 + ".pdf"  # é is 2 bytes
+    safe = safe_name(name)
+    assert safe.endswith(".pdf")
+    assert len(safe.encode("utf-8")) <= 255
+    assert set(safe[:-4]) == {"é"}  # no half code point left
+
+
+def test_long_name_with_4_byte_characters() -> None:
+    safe = safe_name("\U0001f600" * 100 + ".txt")
+    assert len(safe.encode("utf-8")) <= 255 and safe.endswith(".txt")
+    assert safe[:-4] == "\U0001f600" * 62
+
+
+def test_long_extension_is_not_kept_whole() -> None:
+    safe = safe_name("a." + "b" * 400)
+    assert len(safe.encode("utf-8")) == 255 and safe.startswith("a.")
+
+
+def test_fallback() -> None:
+    assert safe_name("../..", fallback="download") == "download"
+    with pytest.raises(ValueError, match="fallback"):
+        safe_name("", fallback="..")
+    with pytest.raises(TypeError, match="must be a str"):
+        safe_name(b"bytes")  # type: ignore[arg-type]
+
+
+def test_safe_user_dir() -> None:
+    assert safe_user_dir("alice") == "alice"
+    assert safe_user_dir("../bob") == "bob"
+    assert safe_user_dir(".parts") == "parts"
+    assert safe_user_dir("\u202e") == "unknown"
+    assert safe_user_dir("con") == "_con"
+
+
+def test_numbered_name() -> None:
+    assert numbered_name("report.pdf", 2) == "report (2).pdf"
+    assert numbered_name("README", 3) == "README (3)"
+    long = safe_name("x" * 300 + ".txt")
+    numbered = numbered_name(long, 12)
+    assert numbered.endswith(" (12).txt") and len(numbered.encode("utf-8")) <= 255
+    assert safe_name(numbered) == numbered
+
+
+def _no_bad_chars(name: str) -> bool:
+    return all(
+        unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in BIDI + '/\\<>:"|?*'
+        for c in name
+    )
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    st.text(alphabet=st.characters(exclude_categories=()), max_size=400)
+    | st.text(st.sampled_from("./\\:. \x00\u202eCONaux1é\u0301"), max_size=30)
+)
+def test_safe_name_properties(name: str) -> None:
+    safe = safe_name(name)
+    assert safe and safe not in (".", "..")
+    assert len(safe.encode("utf-8")) <= 255
+    assert _no_bad_chars(safe)
+    assert not safe.startswith(".") and safe == safe.strip() and not safe.endswith(".")
+    assert safe_name(safe) == safe
+    root = Path("/srv/inbox")
+    resolved = Path(root, safe).resolve()
+    assert resolved.parent == root.resolve()
+    assert len(Path(safe).parts) == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300), st.integers(min_value=2, max_value=10**6))
+def test_numbered_name_properties(name: str, n: int) -> None:
+    numbered = numbered_name(safe_name(name), n)
+    assert len(numbered.encode("utf-8")) <= 255
+    assert f" ({n})" in numbered
+    assert safe_name(numbered) == numbered
+
+
+# -- URLs --------------------------------------------------------------------------
+
+GOOD_URLS = [
+    ("https://example.org/", "https://example.org/"),
+    ("  http://example.org/a?b=c#d \n", "http://example.org/a?b=c#d"),
+    ("HTTPS://Example.ORG/Path", "https://example.org/Path"),
+    ("http://user:Pw@Host:8080/x", "http://user:Pw@host:8080/x"),
+    ("http://[::1]:8888/lab", "http://[::1]:8888/lab"),
+    ("https://xn--bcher-kva.example/", "https://xn--bcher-kva.example/"),
+]
+
+BAD_URLS = [
+    ("javascript:alert(1)", "'javascript'"),
+    ("JavaScript:alert(1)", "'javascript'"),
+    ("data:text/html,<script>alert(1)</script>", "'data'"),
+    ("file:///etc/passwd", "'file'"),
+    ("ftp://example.org/x", "'ftp'"),
+    ("vbscript:msgbox", "'vbscript'"),
+    ("ws://example.org/", "'ws'"),
+    ("example.org", "no scheme"),
+    ("//example.org/x", "no scheme"),
+    ("http:///path", "no host"),
+    ("https://", "no host"),
+    ("", "empty"),
+    ("   ", "empty"),
+    ("http://example.org/a b", "whitespace"),
+    ("http://example.org/\x00", "control"),
+    ("http://example.org/\u202egpj.exe", "control"),
+    ("java\tscript:alert(1)", "whitespace"),
+    ("http://evil.com\\@good.com/", "backslash"),
+    ("http://example.org:99999/", "cannot be parsed"),
+    ("https://example.org/" + "a" * 8200, "8192 bytes"),
+    ("http://example.org/\ud800", "not valid text"),
+]
+
+
+@pytest.mark.parametrize("url, expected", GOOD_URLS)
+def test_good_urls(url: str, expected: str) -> None:
+    assert check_url(url) == expected
+    assert check_url(expected) == expected
+
+
+@pytest.mark.parametrize("url, reason", BAD_URLS)
+def test_bad_urls(url: str, reason: str) -> None:
+    with pytest.raises(BadURL, match=reason.replace("[", r"\[")) as info:
+        check_url(url)
+    assert isinstance(info.value, ValueError)
+
+
+def test_url_length_limit_is_in_bytes() -> None:
+    base = "https://example.org/"
+    assert check_url(base + "a" * (8192 - len(base)))
+    with pytest.raises(BadURL, match="8192"):
+        check_url(base + "é" * ((8192 - len(base)) // 2 + 1))
+
+
+def test_url_not_a_string() -> None:
+    with pytest.raises(BadURL, match="must be text"):
+        check_url(None)  # type: ignore[arg-type]
