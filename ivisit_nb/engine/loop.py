@@ -32,7 +32,9 @@ class Handle(Generic[T]):
         """Block until done and return the result; ``TimeoutError`` after ``timeout`` s."""
         try:
             return self._future.result(timeout)
-        except concurrent.futures.TimeoutError:
+        except TimeoutError:
+            if self._future.done():
+                raise  # the work itself timed out: keep its message
             raise TimeoutError(f"still running after {timeout} s") from None
 
     def done(self) -> bool:
