@@ -251,3 +251,239 @@ def _run_server(args: argparse.Namespace) -> int:
     finally:
         out.close()
     return 0
+
+
+# -- shared by demo, send and receive -------------------------------------------------
+
+
+def _configure_client(p: argparse.ArgumentParser, *, inbox: bool) -> None:
+    p.add_argument("--server", required=True, help="room server URL, e.g. ws://127.0.0.1:8765/")
+    p.add_argument("--room", default=None, help="room to join (default: none, 1:1 only)")
+    p.add_argument("--user", required=True, help="your user name")
+    p.add_argument("--token", default=os.environ.get("IVISIT_NB_TOKEN") or None, help="the server's token, if any")
+    p.add_argument("--config-dir", default=None, help="where per-user settings live (default ~/.config/ivisit_nb)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for peers to connect (default 60)")
+    if inbox:
+        p.add_argument("--inbox", default=None, help="folder for received files (default ./inbox/USER)")
+
+
+def _join(args: argparse.Namespace, out: Output, **kw: Any) -> Any:
+    from .room.client import JoinRefused
+    from .session import Session
+
+    try:
+        session = Session.join(
+            args.server, args.user, args.room, token=args.token, config_dir=args.config_dir,
+            inbox=getattr(args, "inbox", None), **kw,
+        )
+    except (JoinRefused, ConnectionError) as exc:
+        out.error(str(exc), code=getattr(exc, "code", "connect-failed"))
+        return None
+    out.event({"event": "joined", "user": args.user, "room": args.room, "members": session.members},
+              f"joined {args.room or '(no room)'} as {args.user}; members: {', '.join(session.members) or 'none'}")
+    return session
+
+
+def _print_events(session: Any, out: Output) -> None:
+    """Subscribe ``out`` to the session's events, as text or JSON lines."""
+    from . import events as ev
+
+    last: dict[str, int] = {}
+
+    def show(e: ev.Event) -> None:
+        if isinstance(e, ev.PeerStateChanged):
+            sas = session.peers[e.user].sas if e.user in session.peers else None
+            out.event({**e.as_dict(), "sas": sas}, f"{e.user}: {e.state}" + (f" (sas {sas})" if sas and e.state == "connected" else "") + (f" - {e.reason}" if e.reason else ""))
+        elif isinstance(e, ev.TransferProgress):
+            pct = int(100 * e.bytes / e.total) if e.total else 100
+            t = e.transfer
+            if out.json or pct // 10 != last.get(t.transfer_id, -1):
+                last[t.transfer_id] = pct // 10
+                out.event({"event": "progress", "transfer_id": t.transfer_id, "bytes": e.bytes, "total": e.total,
+                           "rate": e.rate, "text": e.text}, e.text)
+        elif isinstance(e, ev.TransferEnded):
+            t = e.transfer
+            arrow = "to" if t.direction == "out" else "from"
+            out.event({"event": "transfer", "transfer_id": t.transfer_id, "direction": t.direction, "peer": t.peer,
+                       "name": t.name, "status": e.status, "reason": e.reason, "lane": t.lane,
+                       "bytes_transferred": t.bytes_transferred, "path": t.path},
+                      f"{t.name} {arrow} {t.peer}: {e.status}" + (f" ({e.reason})" if e.reason else "") + (f" via {t.lane}" if e.status == "done" else ""))
+        elif isinstance(e, ev.MessageReceived):
+            out.event(e.as_dict(), f"<{e.sender}> {e.text}" if e.text is not None else f"(message from {e.sender} refused)")
+
+    session.on(show)
+
+
+# -- send --------------------------------------------------------------------------------
+
+
+def _configure_send(p: argparse.ArgumentParser) -> None:
+    _configure_client(p, inbox=False)
+    p.add_argument("--to", default=None, help="recipient (default: every member of the room)")
+    p.add_argument("items", nargs="+", metavar="PATH_OR_URL", help="files and http(s) URLs to send")
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text or text.split(":", 1)[0].lower() in ("javascript", "data", "file", "mailto")
+
+
+@register("send", "send files and URLs; exit 0 only if every recipient has them", _configure_send)
+def _run_send(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .sharing.urls import BadURL, check_url
+
+    out = Output(args.json)
+    for item in args.items:  # check everything before connecting
+        try:
+            check_url(item) if _is_url(item) else None
+        except BadURL as exc:
+            out.error(f"{item}: {exc}", code="bad-url")
+            return 2
+        if not _is_url(item) and not Path(item).is_file():
+            out.error(f"{item} is not a file", code="no-such-file")
+            return 2
+    session = _join(args, out)
+    if session is None:
+        return 1
+    try:
+        _print_events(session, out)
+        if args.to is None and not session.members:
+            out.error(f"nobody else is in room {args.room}; use --to USER or wait for members", code="nobody")
+            return 1
+        try:
+            session.wait_for_peers([args.to] if args.to else None, timeout=args.timeout).wait()
+        except TimeoutError as exc:
+            out.error(str(exc), code="not-connected")
+            return 1
+        handles = [session.send_url(i, to=args.to) if _is_url(i) else session.send_file(i, to=args.to) for i in args.items]
+        failed = 0
+        for item, h in zip(args.items, handles):
+            h.wait()
+            for peer, status in h.results.items():
+                ok = status == "done"
+                failed += not ok
+                part = h.parts[peer] if hasattr(h, "parts") else h
+                out.event({"event": "result", "item": item, "to": peer, "status": status, "reason": part.reason,
+                           "lane": part.lane}, f"{'ok' if ok else 'FAILED'}: {item} -> {peer}: {status}" + (f" ({part.reason})" if part.reason else ""))
+        return 0 if failed == 0 else 1
+    finally:
+        session.leave()
+
+
+# -- receive ----------------------------------------------------------------------------
+
+
+def _configure_receive(p: argparse.ArgumentParser) -> None:
+    _configure_client(p, inbox=True)
+    p.add_argument("--accept", choices=["ask", "always", "never"], default="ask",
+                   help="ask on the terminal for each offer (default), accept all, or refuse all")
+    p.add_argument("--count", type=_positive, default=None, help="exit after N items have arrived")
+
+
+_CHOICES = {"a": ("accept", True), "t": ("accept", False), "r": ("refuse", True), "f": ("refuse", False)}
+
+
+@register("receive", "receive files and URLs into a folder per sender", _configure_receive)
+def _run_receive(args: argparse.Namespace) -> int:
+    from . import events as ev
+
+    out = Output(args.json)
+    session = _join(args, out)
+    if session is None:
+        return 1
+    arrived = threading.Semaphore(0)
+    asks: queue.Queue[Any] = queue.Queue()
+    try:
+        _print_events(session, out)
+        if args.accept == "always":
+            session.policy.rule = lambda offer: "accept"
+        elif args.accept == "never":
+            session.policy.rule = lambda offer: "refuse"
+
+        def on_event(e: ev.Event) -> None:
+            if isinstance(e, ev.ItemReceived):
+                item = e.item
+                out.event({"event": "received", "sender": item.sender, "kind": item.kind, "name": item.name,
+                           "path": item.path, "url": item.url, "lane": item.lane},
+                          f"received {item.kind} {item.url or item.path} from {item.sender}")
+                arrived.release()
+            elif isinstance(e, ev.RequestPending) and e.request.kind in ("file", "url"):
+                asks.put(e.request)
+
+        session.on(on_event)
+        session.receiving = True
+        out.event({"event": "receiving", "inbox": str(session.inbox_dir)}, f"receiving into {session.inbox_dir}")
+        got = 0
+        while args.count is None or got < args.count:
+            if arrived.acquire(timeout=0.2):
+                got += 1
+                continue
+            try:
+                req = asks.get_nowait()
+            except queue.Empty:
+                continue
+            if not req.pending:
+                continue
+            what = "file" if req.kind == "file" else "URL"
+            print(f"{req.sender} offers {req.name} ({req.size} bytes). [a] Accept always from {req.sender}, "
+                  f"[t] Accept this {what}, [r] Refuse always from {req.sender}, [f] Refuse this {what}? ",
+                  end="", file=sys.stderr, flush=True)
+            answer = sys.stdin.readline().strip().lower()[:1]
+            decision, always = _CHOICES.get(answer, ("refuse", False))
+            if req.pending:
+                getattr(req, decision)(always=always)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        session.leave()
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+@register("demo", "two users in one process: connect, chat, share a file and a URL", lambda p: None)
+def _run_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    import time
+    from pathlib import Path
+
+    from .room.server import RoomServer
+    from .session import Session
+
+    out = Output(args.json)
+    with tempfile.TemporaryDirectory(prefix="ivisit-demo-") as tmp, RoomServer() as server:
+        out.event({"event": "server", "url": server.url}, f"room server at {server.url}")
+        kw = {"config_dir": Path(tmp) / "config"}
+        with Session.join(server.url, "alice", "demo", inbox=Path(tmp) / "alice", **kw) as alice, \
+             Session.join(server.url, "bob", "demo", inbox=Path(tmp) / "bob", **kw) as bob:
+            _print_events(bob, out)
+            t0 = time.monotonic()
+            bob.wait_for_peers(timeout=30).wait()
+            alice.wait_for_peers(timeout=30).wait()
+            link = bob.peers["alice"]
+            deadline = time.monotonic() + 3
+            while link.rtt is None and time.monotonic() < deadline:  # first heartbeat round trip
+                time.sleep(0.05)
+            out.event({"event": "connected", "seconds": round(time.monotonic() - t0, 3), "sas": link.sas},
+                      f"alice and bob connected in {time.monotonic() - t0:.2f} s; "
+                      f"short authentication string {link.sas} on both sides: {alice.peers['bob'].sas == link.sas}")
+            alice.say("hello bob, sending you the notes").wait(5)
+            bob.receiving = True
+            bob.settings["alice"].files = "accept"
+            bob.settings["alice"].urls = "accept"
+            notes = Path(tmp) / "notes.txt"
+            notes.write_text("iVisit-style sharing, in a notebook.\n" * 1000)
+            statuses = [alice.send_file(notes, to="bob").wait(30), alice.send_url("https://jupyter.org/", to="bob").wait(30)]
+            again = alice.send_file(notes, to="bob")
+            statuses.append(again.wait(30))
+            out.event({"event": "dedup", "lane": again.lane, "bytes_transferred": again.bytes_transferred},
+                      f"sent notes.txt again: {again.status} via {again.lane}, {again.bytes_transferred} payload bytes")
+            time.sleep(0.2)
+            ok = statuses == ["done"] * 3 and len(bob.messages) == 1
+            summary = {"event": "summary", "ok": ok, "messages": len(bob.messages), "items": len(bob.inbox.items),
+                       "rtt_ms": round((link.rtt or 0) * 1000, 2)}
+            out.event(summary, f"summary: {'OK' if ok else 'FAILED'} - {len(bob.messages)} message, "
+                               f"{len(bob.inbox.items)} items in bob's inbox, rtt {summary['rtt_ms']} ms")
+    return 0 if ok else 1
