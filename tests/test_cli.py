@@ -25,7 +25,7 @@ def _receiver(url, tmp_path, accept, count):
     return subprocess.Popen(
         CLI + ["receive", "--server", url, "--room", "lab", "--user", "bob", "--inbox", str(tmp_path / "inbox"),
                "--config-dir", str(tmp_path / "cfg"), "--accept", accept, "--count", str(count), "--json"],
-        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, cwd=tmp_path,
     )
 
 
@@ -40,7 +40,7 @@ def _send(url, tmp_path, *items, to="bob"):
     return subprocess.run(
         CLI + ["send", "--server", url, "--room", "lab", "--user", "alice", "--config-dir", str(tmp_path / "cfg"),
                "--to", to, "--json", *items],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )
 
 
@@ -90,10 +90,11 @@ def test_send_rejects_bad_input_before_connecting(server_url, tmp_path):
     assert "javascript" in bad.stdout
     missing = _send(server_url, tmp_path, str(tmp_path / "nope.txt"))
     assert missing.returncode == 2 and "not a file" in missing.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing created by a send that never started
 
 
-def test_demo_runs_end_to_end():
-    proc = subprocess.run(CLI + ["demo", "--json"], capture_output=True, text=True, timeout=120)
+def test_demo_runs_end_to_end(tmp_path):
+    proc = subprocess.run(CLI + ["demo", "--json"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     summary = [e for e in events if e["event"] == "summary"][0]

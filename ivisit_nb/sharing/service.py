@@ -9,6 +9,7 @@ Everything here runs on the session's engine loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -77,9 +78,8 @@ class Sharing:
     ) -> None:
         self.session = session
         self.user = session.user
-        self.store = Store(inbox_dir, max_size=max_size)
-        self.inbox = Inbox(inbox_dir)
-        self.inbox.on_close(self._on_viewer_closed)
+        self.inbox_dir = inbox_dir
+        self.max_size = max_size
         self.policy = Policy(session.settings, session.user)
         self.offer_timeout = offer_timeout
         self.max_pending_offers = max_pending_offers
@@ -94,6 +94,17 @@ class Sharing:
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
         self._hash_cache: dict[tuple[str, int, int], str] = {}
         self._last_progress: dict[str, float] = {}
+
+    # The inbox folder is created on first use, so a session that only sends leaves no folder behind.
+    @functools.cached_property
+    def store(self) -> Store:
+        return Store(self.inbox_dir, max_size=self.max_size)
+
+    @functools.cached_property
+    def inbox(self) -> Inbox:
+        inbox = Inbox(self.inbox_dir)
+        inbox.on_close(self._on_viewer_closed)
+        return inbox
 
     # -- plumbing -----------------------------------------------------------------
     def _protocol(self, link: "PeerLink") -> sp.SharingProtocol:
