@@ -102,6 +102,7 @@ class Session:
         offer_timeout: float = 120.0,
         max_pending_offers: int = 20,
         max_size: int | None = None,
+        stall_timeout: float = 30.0,
         use_uvloop: bool = False,
     ) -> None:
         if not isinstance(user, str) or not user.strip():
@@ -128,7 +129,12 @@ class Session:
         self._closed = False
         self.connected = False
         self.sharing = Sharing(
-            self, self.inbox_dir, max_size=max_size, offer_timeout=offer_timeout, max_pending_offers=max_pending_offers
+            self,
+            self.inbox_dir,
+            max_size=max_size,
+            offer_timeout=offer_timeout,
+            max_pending_offers=max_pending_offers,
+            stall_timeout=stall_timeout,
         )
 
     # -- joining and leaving ----------------------------------------------------

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import blake3
 
@@ -75,8 +74,11 @@ class Sharing:
         max_size: int | None = None,
         offer_timeout: float = 120.0,
         max_pending_offers: int = 20,
+        stall_timeout: float = 30.0,
     ) -> None:
         self.session = session
+        self.stall_timeout = stall_timeout
+        self._watchdog: asyncio.Task[None] | None = None
         self.user = session.user
         self.inbox_dir = inbox_dir
         self.max_size = max_size
@@ -149,6 +151,32 @@ class Sharing:
     def _emit(self, event: ev.Event) -> None:
         self.session._emit(event)
 
+    def _watch(self) -> None:
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = spawn(self._watch_stalls(), f"stall watchdog {self.user}")
+
+    async def _watch_stalls(self) -> None:
+        """End transfers that stopped moving: a silent peer must not hold one open for ever."""
+        while any(not t.ended for t in self.transfers.values()):
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for t in list(self.transfers.values()):
+                idle = now - t.last_activity
+                if t.ended:
+                    continue
+                if t.status == "transferring" and idle > self.stall_timeout:
+                    why = f"no progress from {t.peer} for {idle:.0f} s"
+                elif t.direction == "out" and t.status == "offered" and idle > self.offer_timeout + 10:
+                    why = f"{t.peer} did not answer the offer"
+                else:
+                    continue
+                link = self._links.get(t.transfer_id)
+                proto = self._protocols.get(id(link)) if link else None
+                if proto is not None:
+                    proto.cancel(t.transfer_id, why)
+                    self._flush(link, proto)
+                self._finish(t, "failed", why)
+
     # -- sending -----------------------------------------------------------------------
     def _recipients(self, to: str | None) -> list[str]:
         if to is not None:
@@ -177,6 +205,7 @@ class Sharing:
         tid = uuid.uuid4().hex
         t = Transfer(tid, "out", peer_name, kind, name, size, digest, url, canceller=self._cancel_from_user)
         self.transfers[tid] = t
+        self._watch()
         peer = self.session._peers.get(peer_name)
         link = peer.link if peer else None
         if link is None or link.state != "connected":
@@ -304,6 +333,7 @@ class Sharing:
         t = Transfer(e.transfer_id, "in", sender, e.kind, e.name, e.size, e.hash, e.url, canceller=self._cancel_from_user)
         self.transfers[t.transfer_id] = t
         self._links[t.transfer_id] = link
+        self._watch()
         offer = Offer(sender, e.kind, e.name, e.size, e.hash, e.url)
         if e.kind == "url":
             try:

@@ -56,6 +56,7 @@ class Transfer:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.rate = 0.0
+        self.last_activity = time.monotonic()
         self._rate_mark = (time.monotonic(), 0)
         self._canceller = canceller
         self._ended = threading.Event()
@@ -69,13 +70,14 @@ class Transfer:
         self.resumed_from = offset
         self.received = offset
         self.started_at = time.time()
+        self.last_activity = time.monotonic()
         self._rate_mark = (time.monotonic(), offset)
 
     def _advance(self, n: int) -> None:
         self.bytes_transferred += n
         self.received += n
         t0, b0 = self._rate_mark
-        now = time.monotonic()
+        now = self.last_activity = time.monotonic()
         if now - t0 >= 0.25:
             self.rate = (self.received - b0) / (now - t0)
             self._rate_mark = (now, self.received)
