@@ -103,7 +103,7 @@ class Session:
         max_pending_offers: int = 20,
         max_size: int | None = None,
         stall_timeout: float = 30.0,
-        use_uvloop: bool = False,
+        use_uvloop: bool | None = None,
     ) -> None:
         if not isinstance(user, str) or not user.strip():
             raise ValueError("user must be a non-empty name")
@@ -194,6 +194,16 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session {self.user} in {self.room or 'no room'}: {len(self._peers)} peers>"
+
+    def ui(self) -> Any:
+        """The notebook panel for this session: roster, offers, progress and the Sharing viewer.
+
+        See :mod:`ivisit_nb.widgets`; needs ipywidgets (and the ivisit-nb JupyterLab
+        extension for drag and drop and notifications).
+        """
+        from .widgets import Panel
+
+        return Panel(self)
 
     # -- events ------------------------------------------------------------------
     def on(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:

@@ -462,14 +462,22 @@ def test_full_disk_gives_a_clear_error_and_no_corrupt_file(server, make_session,
         assert "free" in t.reason
         # fits when offered, but the disk fills up while it arrives
         bob.sharing.store.reserve = 0
+
+        def fill_disk(event):  # runs on bob's engine thread at the first progress event
+            if type(event).__name__ == "TransferProgress" and not (mnt / "filler").exists():
+                with open(mnt / "filler", "wb") as f:
+                    try:
+                        while True:
+                            f.write(b"\0" * 4096)
+                            f.flush()
+                    except OSError:
+                        pass
+
+        bob.on(fill_disk)
         t = alice.send_file(make_file(tmp_path / "mid.bin", 700_000), to="bob")
-        wait_until(lambda: t.status == "transferring", 10)
-        (mnt / "filler").write_bytes(b"\0" * 600_000) if not (mnt / "filler").exists() else None
         assert t.wait(20) == "failed"
         assert "full" in t.reason.lower() or "space" in t.reason.lower()
         assert not (mnt / "inbox" / "alice" / "mid.bin").exists()
         assert not list((mnt / "inbox" / ".parts").glob("*.part"))
     finally:
-        for s in ():
-            pass
         subprocess.run(["umount", "-l", str(mnt)])
