@@ -37,6 +37,7 @@ import os
 import platform
 import resource
 import subprocess
+import statistics
 import sys
 import threading
 import time
@@ -381,8 +382,69 @@ def part1_join_latency(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+async def _raw_pair_connect() -> float:
+    """Baseline: seconds for two bare aiortc peers in one process to open a data channel."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    a, b = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    opened = asyncio.Event()
+    t0 = time.perf_counter()
+    ch = a.createDataChannel("control", negotiated=True, id=0)
+    b.createDataChannel("control", negotiated=True, id=0)
+    ch.on("open", opened.set)
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(b.localDescription)
+    await opened.wait()
+    took = time.perf_counter() - t0
+    await a.close()
+    await b.close()
+    return took
+
+
+def part2_mesh(args: argparse.Namespace) -> list[Row]:
+    """Time until every link is connected for 2, 4 and 8 sessions joining a room at once."""
+    import tempfile
+
+    from ivisit_nb import Session
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))  # part 1 pinned us to one core
+    runs = 2 if args.quick else 3
+    rows: list[Row] = []
+    loop = _new_loop()
+    try:
+        base = [loop.run_until_complete(_raw_pair_connect()) * 1000 for _ in range(runs * 2)]
+    finally:
+        loop.close()
+    rows.append(Row("mesh", 2, "bare aiortc pair, one process", base, "baseline"))
+    with server_process() as url:
+        for n in (2, 4, 8):
+            samples = []
+            for run in range(runs):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t0 = time.perf_counter()
+                    sessions = [
+                        Session.join(url, f"u{i}", f"mesh{n}-{run}", config_dir=tmp, inbox=f"{tmp}/u{i}")
+                        for i in range(n)
+                    ]
+                    try:
+                        for s in sessions:
+                            s.wait_for_peers([u.user for u in sessions if u is not s], timeout=120).wait()
+                        samples.append((time.perf_counter() - t0) * 1000)
+                    finally:
+                        for s in sessions:
+                            s.leave()
+            links = n * (n - 1) // 2
+            rows.append(Row("mesh", n, f"all {links} links connected", samples, "from first join"))
+            print(f"  mesh of {n}: {statistics.median(samples):.0f} ms (median of {runs})", file=sys.stderr, flush=True)
+    return rows
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "join": part1_join_latency,
+    "mesh": part2_mesh,
 }
 
 
@@ -410,6 +472,13 @@ def main(argv: list[str] | None = None) -> int:
         one = by.get("join->presence, one at a time")
         if base and one:
             print(f"ratio at {n} clients: join->presence p50 / ws ping->pong p50 = {one.pct(50) / base.pct(50):.2f}")
+    mesh = {r.clients: r for r in rows if r.part == "mesh"}
+    if 2 in mesh and any(r.measure.startswith("bare") for r in rows if r.part == "mesh"):
+        bare = [r for r in rows if r.part == "mesh" and r.measure.startswith("bare")][0]
+        for n in (2, 4, 8):
+            m = [r for r in rows if r.part == "mesh" and r.clients == n and not r.measure.startswith("bare")]
+            if m:
+                print(f"ratio for {n} sessions: mesh p50 / bare pair p50 = {m[0].pct(50) / bare.pct(50):.2f}")
     if args.json:
         for r in rows:
             print(json.dumps(r.as_dict()))
