@@ -481,3 +481,30 @@ def test_full_disk_gives_a_clear_error_and_no_corrupt_file(server, make_session,
         assert not list((mnt / "inbox" / ".parts").glob("*.part"))
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_the_api_works_from_async_code(server, tmp_path):
+    """The same handles are awaitable from any event loop (here: a plain asyncio.run)."""
+    import asyncio
+
+    from ivisit_nb import Session
+
+    async def main():
+        kw = {"config_dir": tmp_path / "cfg"}
+        alice = await Session.join_async(server.url, "alice", "lab", inbox=tmp_path / "a", **kw)
+        bob = await Session.join_async(server.url, "bob", "lab", inbox=tmp_path / "b", **kw)
+        try:
+            await bob.wait_for_peers(timeout=30)
+            peers = await alice.wait_for_peers(timeout=30)
+            assert peers["bob"].state == "connected"
+            bob.receiving = True
+            bob.settings["alice"].files = "accept"
+            status = await alice.send_file(make_file(tmp_path / "x.txt", 1000), to="bob")
+            assert status == "done"
+            assert await alice.say("done?") == ["bob"]
+        finally:
+            alice.leave()
+            bob.leave()
+        return (tmp_path / "b" / "alice" / "x.txt").stat().st_size
+
+    assert asyncio.run(main()) == 1000
