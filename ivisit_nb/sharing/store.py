@@ -450,7 +450,9 @@ class Store:
                 raise UnsafePath(
                     f"{candidate} is a symbolic link; refusing to write there. Remove the link from the inbox"
                 )
-            if stat.S_ISREG(st.st_mode) and st.st_size == size and self._hash_path(candidate)[0] == content_hash:
+            if stat.S_ISREG(st.st_mode) and st.st_size == size and (
+                self._indexed_unchanged(candidate, content_hash, st) or self._hash_path(candidate)[0] == content_hash
+            ):
                 return candidate, True
         raise StoreError(f"{MAX_NUMBERED} files named like {name!r} in {folder}; clean up that folder")
 
@@ -588,6 +590,14 @@ class Store:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+
+    def _indexed_unchanged(self, path: Path, content_hash: str, st: os.stat_result) -> bool:
+        """True if the index says ``path`` holds ``content_hash`` and it has not changed since."""
+        rel = path.relative_to(self.root).as_posix()
+        return any(
+            e["path"] == rel and e["size"] == st.st_size and e["mtime_ns"] == st.st_mtime_ns
+            for e in self._index.get(content_hash, [])
+        )
 
     def _index_add(self, content_hash: str, path: Path) -> None:
         rel = path.relative_to(self.root).as_posix()
