@@ -1,7 +1,11 @@
 """Transfer throughput: ivisit_nb file sharing vs. a raw aiortc data channel.
 
 Two processes each time (sender, receiver), loopback, same flow control
-(64 KiB messages, pause above 1 MiB buffered, resume at 512 KiB). Reports per
+(64 KiB messages, pause above 1 MiB buffered, resume at 512 KiB), and the same
+threading: the raw baseline also runs its loop in a thread of its own, as the
+session's engine does. (With RAW_MAIN_THREAD=1 it runs on the main thread; on
+our 2-core machine that was about 40% slower: 64 MiB, 3 runs each, 7.7-11.8 vs
+13.3-17.2 MB/s.) Reports per
 size: median throughput of several runs for both, their ratio, peak RSS of each
 side, and the time to "send" again a file the receiver already holds (dedup).
 
@@ -50,7 +54,14 @@ def raw_side(role: str, size: int, conn, use_uvloop: bool) -> None:
         import uvloop
 
         uvloop.install()
-    asyncio.run(_raw(role, size, conn))
+    if not os.environ.get("RAW_MAIN_THREAD"):  # like the engine: a loop in a thread of its own
+        import threading
+
+        th = threading.Thread(target=asyncio.run, args=(_raw(role, size, conn),))
+        th.start()
+        th.join()
+    else:
+        asyncio.run(_raw(role, size, conn))
 
 
 async def _raw(role: str, size: int, conn) -> None:
