@@ -168,12 +168,7 @@ class Sharing:
                     why = f"{t.peer} did not answer the offer"
                 else:
                     continue
-                link = self._links.get(t.transfer_id)
-                proto = self._protocols.get(id(link)) if link else None
-                if proto is not None:
-                    proto.cancel(t.transfer_id, why)
-                    self._flush(link, proto)
-                self._finish(t, "failed", why)
+                self._stop(t, "failed", why)
 
     # -- sending -----------------------------------------------------------------------
     def _recipients(self, to: str | None) -> list[str]:
@@ -245,30 +240,29 @@ class Sharing:
 
     def _cancel_from_user(self, t: Transfer, reason: str) -> None:
         def _do() -> None:
-            if t.ended:
-                return
-            link = self._links.get(t.transfer_id)
-            proto = self._protocols.get(id(link)) if link else None
             for req in self.requests:
                 if req.pending and req.details.get("transfer_id") == t.transfer_id:
                     req._decide("refuse", False, "cancelled")
-            if proto is not None:
-                proto.cancel(t.transfer_id, reason)
-                self._flush(link, proto)
-            self._finish(t, "cancelled", reason)
+            self._stop(t, "cancelled", reason)
 
         self.session._engine.call_soon(_do)
 
     def cancel_with(self, peer: str, reason: str) -> None:
         """Cancel every transfer with ``peer`` (engine thread)."""
         for t in list(self.transfers.values()):
-            if t.peer == peer and not t.ended:
-                link = self._links.get(t.transfer_id)
-                proto = self._protocols.get(id(link)) if link else None
-                if proto is not None:
-                    proto.cancel(t.transfer_id, reason)
-                    self._flush(link, proto)
-                self._finish(t, "cancelled", reason)
+            if t.peer == peer:
+                self._stop(t, "cancelled", reason)
+
+    def _stop(self, t: Transfer, status: str, reason: str) -> None:
+        """End ``t`` from our side: tell the peer (a cancel with ``reason``), then finish it."""
+        if t.ended:
+            return
+        link = self._links.get(t.transfer_id)
+        proto = self._protocols.get(id(link)) if link else None
+        if proto is not None:
+            proto.cancel(t.transfer_id, reason)
+            self._flush(link, proto)
+        self._finish(t, status, reason)
 
     def _on_viewer_closed(self) -> None:
         def _do() -> None:
