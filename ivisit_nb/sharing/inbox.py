@@ -74,6 +74,7 @@ class Inbox:
         self._paused = False
         self._closed = False
         self._close_callbacks: list[Callable[[], None]] = []
+        self._subscribers: list[Callable[[], None]] = []
 
     def __repr__(self) -> str:
         return f"<Inbox {self.root}: {len(self)} items, current {self._index}{' paused' if self._paused else ''}>"
@@ -112,12 +113,25 @@ class Inbox:
             os.fsync(f.fileno())
 
     def _changed(self) -> None:
-        if self.on_change is None:
-            return
-        try:
-            self.on_change()
-        except Exception:
-            log.exception("inbox on_change callback failed")
+        for callback in [self.on_change, *self._subscribers]:
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:
+                log.exception("inbox on_change callback failed")
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Also call ``callback()`` after every change (like ``on_change``); returns an unsubscribe function."""
+        with self._lock:
+            self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
 
     # -- adding ---------------------------------------------------------------------
 
