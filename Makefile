@@ -5,17 +5,27 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ROOTFLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 PYTEST_ARGS ?=
+# The JupyterLab extension (labextension/): rebuilt only when its sources change.
+LABEXT_SRC   := $(wildcard labextension/src/*.ts labextension/style/*) labextension/package.json labextension/yarn.lock labextension/tsconfig.json
+LABEXT_STAMP := $(VENV)/.labextension
+LABEXT_DEST  := $(VENV)/share/jupyter/labextensions/ivisit-nb
 
 .PHONY: setup lab test bench demo chromium clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LABEXT_STAMP)
 
-# Re-install only when the package metadata changes.
+# Re-install only when the package metadata changes (this also builds the extension).
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test,fast]"
-	touch $(STAMP)
+	touch $(STAMP) $(LABEXT_STAMP)
+
+# Rebuild the extension after its sources change, and copy it where JupyterLab looks.
+$(LABEXT_STAMP): $(LABEXT_SRC) | $(STAMP)
+	cd labextension && PATH="$(abspath $(BIN)):$$PATH" jlpm install && PATH="$(abspath $(BIN)):$$PATH" jlpm build:prod
+	rm -rf $(LABEXT_DEST) && mkdir -p $(LABEXT_DEST) && cp -r ivisit_nb/labextension/. $(LABEXT_DEST)/ && cp install.json $(LABEXT_DEST)/
+	touch $(LABEXT_STAMP)
 
 # Debian's chromium for the browser tests (never `playwright install`).
 chromium:
