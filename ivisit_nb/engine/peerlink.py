@@ -25,7 +25,7 @@ from .loop import spawn
 log = logging.getLogger("ivisit_nb.peerlink")
 
 HEARTBEAT_INTERVAL = 0.5
-DEAD_AFTER = 2.5
+DEAD_AFTER = 3.5
 CONNECT_TIMEOUT = 30.0
 BUFFER_HIGH = 1 << 20
 BUFFER_LOW = 512 * 1024
