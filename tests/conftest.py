@@ -40,3 +40,14 @@ def make_session(tmp_path):
 def peer_script() -> str:
     """Path of the stand-alone peer used for kill tests."""
     return os.path.join(os.path.dirname(__file__), "_peer.py")
+
+
+@pytest.fixture
+def pair(server, make_session):
+    """alice and bob linked in one room; bob receives and asks about every offer."""
+    alice = make_session(server.url, "alice")
+    bob = make_session(server.url, "bob", offer_timeout=30)
+    bob.wait_for_peers(timeout=30).wait()
+    alice.wait_for_peers(timeout=30).wait()
+    bob.receiving = True
+    return alice, bob

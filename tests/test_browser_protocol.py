@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_session import wait_until
+from helpers import wait_until
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PAGE = Path(__file__).parent / "pages" / "join.html"

@@ -15,16 +15,7 @@ import pytest
 from ivisit_nb import RoomServer, Session
 from ivisit_nb.protocol.sas import sdp_fingerprint, short_auth_string
 from ivisit_nb.room.client import JoinRefused
-
-
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"condition not met within {timeout} s")
+from helpers import wait_until
 
 
 def test_two_sessions_form_a_link_and_chat(server, make_session):

@@ -12,24 +12,7 @@ import pytest
 
 from ivisit_nb.sharing.service import hash_bytes, hash_file
 from ivisit_nb.sharing.urls import BadURL
-from test_session import wait_until
-
-
-@pytest.fixture
-def pair(server, make_session):
-    """alice and bob in one room, linked; bob receives and asks about every offer."""
-    alice = make_session(server.url, "alice")
-    bob = make_session(server.url, "bob", offer_timeout=30)
-    bob.wait_for_peers(timeout=30).wait()
-    alice.wait_for_peers(timeout=30).wait()
-    bob.receiving = True
-    return alice, bob
-
-
-def make_file(path, size: int, seed: int = 0) -> str:
-    data = os.urandom(size) if seed == 0 else (bytes([seed % 256]) * size)
-    path.write_bytes(data)
-    return path
+from helpers import make_file, wait_until
 
 
 def next_offer(session, timeout: float = 10.0):

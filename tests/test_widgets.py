@@ -11,7 +11,7 @@ import time
 
 import ipywidgets as widgets
 import pytest
-from test_session import wait_until
+from helpers import wait_until
 
 from ivisit_nb import events as ev
 from ivisit_nb.sharing.inbox import Item
@@ -33,15 +33,6 @@ from ivisit_nb.widgets import (
 from ivisit_nb.widgets.pump import PROGRESS_INTERVAL
 
 
-@pytest.fixture
-def pair(server, make_session):
-    """alice and bob linked in one room; bob receives and asks about every offer."""
-    alice = make_session(server.url, "alice")
-    bob = make_session(server.url, "bob", offer_timeout=30)
-    bob.wait_for_peers(timeout=30).wait()
-    alice.wait_for_peers(timeout=30).wait()
-    bob.receiving = True
-    return alice, bob
 
 
 @pytest.fixture
