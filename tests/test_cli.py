@@ -100,3 +100,26 @@ def test_demo_runs_end_to_end(tmp_path):
     summary = [e for e in events if e["event"] == "summary"][0]
     assert summary["ok"] is True and summary["items"] == 3
     assert [e for e in events if e["event"] == "dedup"][0]["bytes_transferred"] == 0
+
+
+def test_receive_asks_on_the_terminal(server_url, tmp_path):
+    f = tmp_path / "asked.txt"
+    f.write_text("hello")
+    rx = subprocess.Popen(
+        CLI + ["receive", "--server", server_url, "--room", "lab", "--user", "bob", "--inbox", str(tmp_path / "inbox"),
+               "--config-dir", str(tmp_path / "cfg"), "--count", "1", "--json"],
+        stdout=subprocess.PIPE, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        _wait_receiving(rx)
+        rx.stdin.write("a\n")  # "Accept always from alice", typed before the question comes
+        rx.stdin.flush()
+        sent = _send(server_url, tmp_path, str(f))
+        assert sent.returncode == 0, sent.stdout
+        assert rx.wait(30) == 0
+        assert "[a] Accept always from alice" in rx.stderr.read()
+        settings = json.loads((tmp_path / "cfg" / "bob" / "settings.json").read_text())
+        assert settings["users"]["alice"]["files"] == "accept"
+    finally:
+        rx.kill()
+        rx.wait()
