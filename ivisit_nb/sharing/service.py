@@ -368,35 +368,45 @@ class Sharing:
             proto.accept(t.transfer_id)
             self._flush(link, proto)
             return
+        spawn(self._accept_file(link, proto, t), f"accept {t.name}")
+
+    def _prepare(self, t: Transfer) -> tuple[str, Any]:
+        """Disk work before answering an accepted offer; runs in a worker thread, off the engine loop.
+
+        Returns ("have", path) for content we hold, ("resume", path) for a complete part,
+        or ("part", PartFile) to receive into.
+        """
+        self.store.check_space(t.size)
+        if self.store.lookup(t.hash) is not None:
+            return "have", self.store.place_copy(t.peer, t.name, t.hash)
+        part = self.store.open_part(t.hash, t.size)  # re-hashes a resumable prefix
+        if part.complete:  # an earlier attempt got every byte: verify and place it
+            return "resume", self.store.finalize(part, t.peer, t.name)
+        return "part", part
+
+    async def _accept_file(self, link, proto, t: Transfer) -> None:
         try:
-            self.store.check_space(t.size)
-            held = self.store.lookup(t.hash)
-            if held is not None:
-                path = self.store.place_copy(t.peer, t.name, t.hash)
-                proto.have(t.transfer_id)
-                self._flush(link, proto)
-                t._start(t.size, "dedup")
-                t.received = t.size
-                self._arrived(t, path, "dedup")
-                return
-            part = self.store.open_part(t.hash, t.size)
-            if part.complete:  # an earlier attempt got every byte: verify and place it
-                path = self.store.finalize(part, t.peer, t.name)
-                proto.have(t.transfer_id)
-                self._flush(link, proto)
-                t._start(t.size, "resume")
-                self._arrived(t, path, "resume")
-                return
+            outcome, value = await asyncio.get_running_loop().run_in_executor(None, self._prepare, t)
         except (StoreError, OSError) as exc:
-            proto.refuse(t.transfer_id, str(exc))
-            self._flush(link, proto)
-            self._finish(t, "refused", str(exc))
+            if not t.ended:
+                proto.refuse(t.transfer_id, str(exc))
+                self._flush(link, proto)
+                self._finish(t, "refused", str(exc))
             return
-        self._parts[t.transfer_id] = part
-        offset = part.prefix_length
-        proto.accept(t.transfer_id, offset, part.prefix_hash() if offset else None)
+        if t.ended:  # cancelled meanwhile
+            if outcome == "part":
+                value.close()
+            return
+        if outcome in ("have", "resume"):
+            proto.have(t.transfer_id)
+            self._flush(link, proto)
+            t._start(t.size, "dedup" if outcome == "have" else "resume")
+            self._arrived(t, value, "dedup" if outcome == "have" else "resume")
+            return
+        self._parts[t.transfer_id] = value
+        offset = value.prefix_length
+        proto.accept(t.transfer_id, offset, value.prefix_hash() if offset else None)
         t._start(offset, "datachannel")
-        t.bytes_transferred = 0
         self._flush(link, proto)
 
     def _on_chunk(self, link, proto, t: Transfer, e: Any) -> None:
@@ -431,15 +441,22 @@ class Sharing:
             self._arrived(t, None, "control")
             return
         part = self._parts.pop(t.transfer_id, None)
-        if part is None:
-            return
+        if part is not None:
+            spawn(self._finalize(link, proto, t, part), f"finalize {t.name}")
+
+    async def _finalize(self, link, proto, t: Transfer, part: Any) -> None:
+        """Verify, fsync and place the file in a worker thread: fsyncing a large file takes
+        seconds, and the engine loop must keep answering heartbeats meanwhile."""
         try:
-            path = self.store.finalize(part, t.peer, t.name)
+            path = await asyncio.get_running_loop().run_in_executor(None, self.store.finalize, part, t.peer, t.name)
         except (StoreError, OSError) as exc:
-            proto.fail(t.transfer_id, str(exc))
-            self._flush(link, proto)
-            self._finish(t, "failed", str(exc))
+            if not t.ended:
+                proto.fail(t.transfer_id, str(exc))
+                self._flush(link, proto)
+                self._finish(t, "failed", str(exc))
             return
+        if t.ended:
+            return  # cancelled while being placed: the verified file stays, unannounced
         proto.complete(t.transfer_id)
         self._flush(link, proto)
         self._arrived(t, path, "datachannel")
