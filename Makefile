@@ -44,7 +44,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/rooms.py
-	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/transfer.py --uvloop
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
