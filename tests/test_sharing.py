@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import subprocess
 import sys
 import uuid
@@ -491,3 +492,22 @@ def test_the_api_works_from_async_code(server, tmp_path):
         return (tmp_path / "b" / "alice" / "x.txt").stat().st_size
 
     assert asyncio.run(main()) == 1000
+
+
+def test_a_slow_disk_does_not_stall_heartbeats(pair, tmp_path):
+    """Placing a received file (verify + fsync + rename) can take seconds on a real disk with a
+    big file; the link must stay up meanwhile. A slow disk cannot be made on demand here, so
+    the store's real finalize is wrapped to take 4.5 s, longer than the 3.5 s dead-peer limit."""
+    alice, bob = pair
+    bob.settings["alice"].files = "accept"
+    real_finalize = bob.sharing.store.finalize
+
+    def slow_finalize(*args):
+        time.sleep(4.5)
+        return real_finalize(*args)
+
+    bob.sharing.store.finalize = slow_finalize
+    t = alice.send_file(make_file(tmp_path / "slow-disk.bin", 100_000), to="bob")
+    assert t.wait(20) == "done"
+    assert alice.peers["bob"].state == "connected"
+    assert bob.peers["alice"].state == "connected"
