@@ -181,8 +181,12 @@ class Session:
             self._engine.stop()
 
     async def _shutdown(self) -> None:
-        for call, fut in list(self._calls.values()):
+        for call, _ in list(self._calls.values()):
             self._end_call(call.user, "failed", "the session left")
+        for name in list(self._peers):
+            self.sharing.cancel_with(name, f"{self.user} left")  # peers learn why, not just "link lost"
+        links = [p.link for p in self._peers.values() if p.link and p.link.state == "connected"]
+        await asyncio.gather(*(link.flush() for link in links))
         await self._client.close()
         await asyncio.gather(*(p.link.close() for p in self._peers.values() if p.link), return_exceptions=True)
 
@@ -499,6 +503,8 @@ class Session:
             self._hung_up.add(user)
             self.sharing.cancel_with(user, f"{self.user} disconnected from {user}")
             peer = self._peers.get(user)
+            if peer and peer.link and peer.link.state == "connected":
+                await peer.link.flush()  # the cancel reaches them before the link goes
             await self._client.signal(user, {"kind": "bye", "reason": "hung up"})
             if peer and peer.link:
                 await peer.link.close("closed", f"{self.user} hung up")

@@ -27,6 +27,7 @@ log = logging.getLogger("ivisit_nb.peerlink")
 HEARTBEAT_INTERVAL = 0.5
 DEAD_AFTER = 3.5
 CONNECT_TIMEOUT = 30.0
+CLOSE_TIMEOUT = 2.0
 BUFFER_HIGH = 1 << 20
 BUFFER_LOW = 512 * 1024
 
@@ -233,6 +234,25 @@ class PeerLink:
         self.data.send(frame)
         self.data_bytes_sent += len(frame)
 
+    async def flush(self, timeout: float = 1.0) -> bool:
+        """Wait until the peer has acknowledged everything we queued on both channels (True),
+        or ``timeout`` s passed (False). Call before closing, so last words get out."""
+        deadline = time.monotonic() + timeout
+        while self.control.bufferedAmount or self.data.bufferedAmount or self._sctp_unacked():
+            if self.control.readyState != "open" or time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def _sctp_unacked(self) -> bool:
+        """True while SCTP still holds data not yet acknowledged by the peer.
+
+        aiortc has no public API for this; its transport's queues are read if present
+        (aiortc 1.x), and otherwise we rely on bufferedAmount alone.
+        """
+        sctp = self.pc.sctp
+        return bool(getattr(sctp, "_outbound_queue", None) or getattr(sctp, "_sent_queue", None))
+
     async def close(self, state: str = "closed", reason: str = "") -> None:
         """Close the connection; the state becomes ``state`` (closed or failed)."""
         self._set_state(state, reason)
@@ -240,4 +260,9 @@ class PeerLink:
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
-        await self.pc.close()
+        # pc.close() can wait for ever on aiortc's ICE monitor task after the remote side
+        # aborted (the aioice#12 family); its sockets are closed by then, so give up waiting.
+        try:
+            await asyncio.wait_for(asyncio.shield(self.pc.close()), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.debug("closing the link to %s did not finish within %s s", self.remote, CLOSE_TIMEOUT)
