@@ -84,7 +84,7 @@ async def _raw(role: str, size: int, conn) -> None:
         ch.on("bufferedamountlow", drained.set)
         payload = os.urandom(MSG)
         conn.recv()  # receiver ready
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sent = 0
         while sent < size:
             while ch.bufferedAmount > HIGH:
@@ -94,7 +94,7 @@ async def _raw(role: str, size: int, conn) -> None:
             ch.send(payload[:n])
             sent += n
         await loop.run_in_executor(None, conn.recv)  # receiver got it all
-        conn.send({"seconds": time.perf_counter() - t0, "rss": peak_rss_mib()})
+        conn.send({"seconds": time.perf_counter() - t0, "rss": peak_rss_mib(), "cpu": time.process_time() - c0})
     else:
         offer = await loop.run_in_executor(None, conn.recv)
         await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
@@ -110,9 +110,10 @@ async def _raw(role: str, size: int, conn) -> None:
 
         ch.on("message", on_message)
         await opened.wait()
+        c0 = time.process_time()
         conn.send("ready")
         await done.wait()
-        conn.send({"rss": peak_rss_mib()})
+        conn.send({"rss": peak_rss_mib(), "cpu": time.process_time() - c0})
     await asyncio.sleep(0.2)
     await pc.close()
 
@@ -135,7 +136,8 @@ def run_raw(size: int, use_uvloop: bool) -> dict:
     s_result = sp.recv()
     s.join()
     r.join()
-    return {"seconds": s_result["seconds"], "rss_send": s_result["rss"], "rss_recv": r_result["rss"]}
+    return {"seconds": s_result["seconds"], "rss_send": s_result["rss"], "rss_recv": r_result["rss"],
+            "cpu_send": s_result["cpu"], "cpu_recv": r_result["cpu"]}
 
 
 # -- ivisit_nb ------------------------------------------------------------------------
@@ -150,24 +152,26 @@ def ivisit_side(role: str, url: str, path: str, workdir: str, conn, use_uvloop: 
             s.receiving = True
             s.settings.defaults.files = "accept"
             s.wait_for_peers(["alice"], timeout=60).wait()
+            c0 = time.process_time()
             conn.send("ready")
             conn.recv()  # sender finished
-            conn.send({"rss": peak_rss_mib()})
+            conn.send({"rss": peak_rss_mib(), "cpu": time.process_time() - c0})
             conn.recv()
         else:
             s.wait_for_peers(["bob"], timeout=60).wait()
             conn.recv()  # receiver ready
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             t = s.send_file(path, to="bob")
             status = t.wait()
             total = time.perf_counter() - t0
+            cpu = time.process_time() - c0  # includes hashing the file
             assert status == "done", (status, t.reason)
             transfer = t.finished_at - t.started_at
             t1 = time.perf_counter()
             again = s.send_file(path, to="bob")
             assert again.wait() == "done" and again.lane == "dedup", (again.status, again.lane)
             dedup = time.perf_counter() - t1
-            conn.send({"seconds": transfer, "total": total, "dedup": dedup, "rss": peak_rss_mib()})
+            conn.send({"seconds": transfer, "total": total, "dedup": dedup, "rss": peak_rss_mib(), "cpu": cpu})
     finally:
         s.leave()
 
@@ -187,9 +191,10 @@ def run_ivisit(size: int, path: Path, use_uvloop: bool) -> dict:
         sp.send("go")
         res = sp.recv()
         rp.send("finished")
-        res["rss_recv"] = rp.recv()["rss"]
+        recv = rp.recv()
+        res["rss_recv"], res["cpu_recv"] = recv["rss"], recv["cpu"]
         rp.send("bye")
-        res["rss_send"] = res.pop("rss")
+        res["rss_send"], res["cpu_send"] = res.pop("rss"), res.pop("cpu")
         s.join()
         r.join()
         received = Path(work) / "inbox-bob" / "alice" / path.name
@@ -217,11 +222,13 @@ def main(argv: list[str] | None = None) -> None:
             for i in range(runs):  # alternate, so drift hits both alike
                 r = run_raw(size, args.uvloop)
                 raw.append(r)
-                print(f"  {mib} MiB run {i + 1}: raw aiortc {size / r['seconds'] / 1e6:6.1f} MB/s", flush=True)
+                print(f"  {mib} MiB run {i + 1}: raw aiortc {size / r['seconds'] / 1e6:6.1f} MB/s "
+                      f"(CPU s send / recv {r['cpu_send']:.1f} / {r['cpu_recv']:.1f})", flush=True)
                 o = run_ivisit(size, path, args.uvloop)
                 ours.append(o)
                 print(f"  {mib} MiB run {i + 1}: ivisit_nb  {size / o['seconds'] / 1e6:6.1f} MB/s "
-                      f"(wall incl. hashing {o['total']:.1f} s, dedup re-send {o['dedup'] * 1000:.0f} ms)", flush=True)
+                      f"(wall incl. hashing {o['total']:.1f} s, dedup re-send {o['dedup'] * 1000:.0f} ms, "
+                      f"CPU s send / recv {o['cpu_send']:.1f} / {o['cpu_recv']:.1f})", flush=True)
             raw_mbs = statistics.median(size / r["seconds"] / 1e6 for r in raw)
             our_mbs = statistics.median(size / o["seconds"] / 1e6 for o in ours)
             rows.append({
