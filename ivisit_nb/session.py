@@ -285,9 +285,9 @@ class Session:
                 self._members = {m for m in msg.get("members", []) if isinstance(m, str)}
                 for name in self._members:
                     self._peer(name).member = True
-                for name, peer in list(self._peers.items()):
-                    if peer.member and name not in self._members:
-                        await self._drop_member(name)
+                gone = [n for n, p in self._peers.items() if p.member and n not in self._members]
+            for name in gone:  # left while we were away; never await while holding the lock
+                await self._drop_member(name)
             self._emit(ev.Connected(room=self.room, members=tuple(sorted(self._members))))
             await self._form_mesh()
         elif t == "joined":

@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from ivisit_nb.sharing.service import hash_bytes, hash_file
+from ivisit_nb.protocol.sharing import content_hash as hash_bytes
+from ivisit_nb.sharing.service import hash_file
 from ivisit_nb.sharing.urls import BadURL
 from helpers import make_file, wait_until
 

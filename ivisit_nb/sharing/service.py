@@ -26,7 +26,6 @@ from .inbox import Inbox, Item
 from .policy import Decision, Offer, Policy, as_row
 from .store import Store, StoreError
 from .transfers import LOG_COLUMNS, RoomTransfer, Transfer
-from .urls import BadURL, check_url
 
 if TYPE_CHECKING:
     from ..engine.peerlink import PeerLink
@@ -52,10 +51,6 @@ def hash_file(path: str | Path, length: int | None = None) -> str:
             h.update(block)
             left -= len(block)
     return "blake3:" + h.hexdigest()
-
-
-def hash_bytes(data: bytes) -> str:
-    return "blake3:" + blake3.blake3(data).hexdigest()
 
 
 class Sharing:
@@ -88,7 +83,7 @@ class Sharing:
         self.progress_rows: list[dict[str, Any]] = []
         self.requests: list[Request] = []
         self.violations: list[dict[str, Any]] = []  # what peers did against the protocol
-        self._protocols: dict[int, sp.SharingProtocol] = {}  # id(link) -> protocol
+        self._protocols: dict["PeerLink", sp.SharingProtocol] = {}
         self._links: dict[str, "PeerLink"] = {}  # transfer id -> link it runs on
         self._parts: dict[str, Any] = {}  # transfer id -> PartFile
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
@@ -108,10 +103,10 @@ class Sharing:
 
     # -- plumbing -----------------------------------------------------------------
     def _protocol(self, link: "PeerLink") -> sp.SharingProtocol:
-        proto = self._protocols.get(id(link))
+        proto = self._protocols.get(link)
         if proto is None:
             proto = sp.SharingProtocol(self.user, link.remote, max_pending_offers=self.max_pending_offers)
-            self._protocols[id(link)] = proto
+            self._protocols[link] = proto
         return proto
 
     def _flush(self, link: "PeerLink", proto: sp.SharingProtocol) -> None:
@@ -135,7 +130,7 @@ class Sharing:
 
     def on_link_down(self, link: "PeerLink") -> None:
         """The link died or closed: every transfer on it fails; partial files stay hidden for resume."""
-        self._protocols.pop(id(link), None)
+        self._protocols.pop(link, None)
         for tid, l in list(self._links.items()):
             if l is link:
                 t = self.transfers.get(tid)
@@ -186,7 +181,7 @@ class Sharing:
         return self._offer_all(to, "file", path.name, st.st_size, digest, None, path)
 
     async def send_url(self, url: str, to: str | None) -> Transfer | RoomTransfer:
-        return self._offer_all(to, "url", url, 0, hash_bytes(url.encode()), url, None)
+        return self._offer_all(to, "url", url, 0, sp.content_hash(url.encode()), url, None)
 
     def _offer_all(self, to, kind, name, size, digest, url, path) -> Transfer | RoomTransfer:
         parts = {r: self._offer_one(r, kind, name, size, digest, url, path) for r in self._recipients(to)}
@@ -239,26 +234,27 @@ class Sharing:
             self._flush(link, proto)
 
     def _cancel_from_user(self, t: Transfer, reason: str) -> None:
-        def _do() -> None:
-            for req in self.requests:
-                if req.pending and req.details.get("transfer_id") == t.transfer_id:
-                    req._decide("refuse", False, "cancelled")
-            self._stop(t, "cancelled", reason)
+        self.session._engine.call_soon(self._cancel, t, reason)
 
-        self.session._engine.call_soon(_do)
+    def _cancel(self, t: Transfer, reason: str) -> None:
+        """Cancel ``t`` (engine thread), withdrawing its dialog if it still waits for one."""
+        for req in self.requests:
+            if req.pending and req.details.get("transfer_id") == t.transfer_id:
+                req._decide("refuse", False, "cancelled")
+        self._stop(t, "cancelled", reason)
 
     def cancel_with(self, peer: str, reason: str) -> None:
         """Cancel every transfer with ``peer`` (engine thread)."""
         for t in list(self.transfers.values()):
             if t.peer == peer:
-                self._stop(t, "cancelled", reason)
+                self._cancel(t, reason)
 
     def _stop(self, t: Transfer, status: str, reason: str) -> None:
         """End ``t`` from our side: tell the peer (a cancel with ``reason``), then finish it."""
         if t.ended:
             return
         link = self._links.get(t.transfer_id)
-        proto = self._protocols.get(id(link)) if link else None
+        proto = self._protocols.get(link) if link else None
         if proto is not None:
             proto.cancel(t.transfer_id, reason)
             self._flush(link, proto)
@@ -267,8 +263,8 @@ class Sharing:
     def _on_viewer_closed(self) -> None:
         def _do() -> None:
             for t in list(self.transfers.values()):
-                if t.direction == "in" and not t.ended:
-                    t._canceller(t, f"{self.user} closed the Sharing viewer")  # type: ignore[misc]
+                if t.direction == "in":
+                    self._cancel(t, f"{self.user} closed the Sharing viewer")
 
         self.session._engine.call_soon(_do)
 
@@ -289,7 +285,6 @@ class Sharing:
             spawn(self._start_sending(t, link, proto, e.offset, e.prefix_hash), f"send {t.name}")
         elif isinstance(e, sp.OfferHad):
             t._start(t.size, "dedup")
-            t.received = t.size
             self._finish(t, "done", f"{t.peer} already had it")
         elif isinstance(e, sp.OfferRefused):
             t.decision = "refuse"
@@ -326,13 +321,7 @@ class Sharing:
         self.transfers[t.transfer_id] = t
         self._links[t.transfer_id] = link
         self._watch()
-        offer = Offer(sender, e.kind, e.name, e.size, e.hash, e.url)
-        if e.kind == "url":
-            try:
-                check_url(e.url or "")
-            except BadURL as exc:
-                self._decided(link, proto, t, offer, Decision("refuse", "url check", str(exc)))
-                return
+        offer = Offer(sender, e.kind, e.name, e.size, e.hash, e.url)  # URL offers were checked by the protocol
         decision = self.policy.decide(offer)
         if decision.decision != "ask":
             self._decided(link, proto, t, offer, decision)
@@ -430,11 +419,6 @@ class Sharing:
 
     def _on_all_bytes(self, link, proto, t: Transfer) -> None:
         if t.kind == "url":
-            if hash_bytes((t.url or "").encode()) != t.hash:
-                proto.fail(t.transfer_id, "the URL does not match its hash")
-                self._flush(link, proto)
-                self._finish(t, "failed", "the URL does not match its hash")
-                return
             proto.complete(t.transfer_id)
             self._flush(link, proto)
             t._start(0, "control")
@@ -497,4 +481,4 @@ class Sharing:
         return [t.as_row() for t in self.transfers.values()]
 
 
-__all__ = ["Sharing", "hash_file", "hash_bytes", "CONTROL_TYPES", "LOG_COLUMNS"]
+__all__ = ["Sharing", "hash_file", "CONTROL_TYPES", "LOG_COLUMNS"]
