@@ -9,6 +9,7 @@ can be ``.wait()``-ed or awaited.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -433,8 +434,6 @@ class Session:
         The returned :class:`Call` ends as ``connected``, ``refused`` (with the
         callee's reason), ``no answer`` after ``call_timeout`` s, or ``failed``.
         """
-        import concurrent.futures
-
         fut: concurrent.futures.Future[str] = concurrent.futures.Future()
         call = Call(user, fut)
         self._engine.call_soon(lambda: spawn(self._place_call(call, fut), f"call {user}"))

@@ -385,14 +385,14 @@ def test_offer_flood_is_capped(server, make_session, tmp_path):
     bob.wait_for_peers(timeout=30).wait()
     alice.wait_for_peers(timeout=30).wait()
     bob.receiving = True
-    tids = [_raw_offer(alice, "bob", f"f{i}.txt", 1, hash_bytes(bytes([i]))) for i in range(12)]
+    for i in range(12):
+        _raw_offer(alice, "bob", f"f{i}.txt", 1, hash_bytes(bytes([i])))
     wait_until(lambda: len(bob.policy_log) >= 7, 10)
     assert len(bob.pending_offers) == 5
     log = bob.policy_log
     flooded = log[log.decided_by == "flood limit"]
     assert len(flooded) == 7
     assert all("too many pending offers from alice" in r for r in flooded.reason)
-    assert tids  # offers went out
 
 
 def test_room_send_to_three_receivers_with_mixed_decisions(server, make_session, tmp_path):
