@@ -1,66 +1,11 @@
-"""Check a URL someone shares before it is shown or opened.
+"""Re-export of :mod:`ivisit_nb.protocol.urls`, where URL checking now lives.
 
-Only ``http`` and ``https`` URLs with a host are accepted; ``javascript:``,
-``data:``, ``file:`` and every other scheme are refused, because opening them
-can run code or read local files.
+Kept so existing imports (``from ivisit_nb.sharing.urls import BadURL, check_url``)
+work; new code should import from :mod:`ivisit_nb.protocol.urls`.
 """
 
 from __future__ import annotations
 
-import unicodedata
-from urllib.parse import urlsplit, urlunsplit
+from ..protocol.urls import ALLOWED_SCHEMES, MAX_URL_BYTES, BadURL, check_url
 
-MAX_URL_BYTES = 8192
-ALLOWED_SCHEMES = ("http", "https")
-
-
-class BadURL(ValueError):
-    """A shared URL was refused; the message says why."""
-
-
-def _has_unsafe_char(text: str) -> str | None:
-    """The first control, format or whitespace character in ``text``, if any."""
-    for c in text:
-        if c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zs", "Zl", "Zp"):
-            return c
-    return None
-
-
-def check_url(url: str) -> str:
-    """Return ``url`` normalised (trimmed, lower-case scheme and host) or raise :class:`BadURL`.
-
-    Refused: anything but ``http``/``https``, no host, more than 8192 bytes of
-    UTF-8, control or whitespace characters inside, backslashes.
-    """
-    if not isinstance(url, str):
-        raise BadURL(f"a URL must be text, not {type(url).__name__}")
-    url = url.strip()
-    if not url:
-        raise BadURL("the URL is empty")
-    try:
-        size = len(url.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise BadURL("the URL is not valid text (it holds a lone surrogate)") from None
-    if size > MAX_URL_BYTES:
-        raise BadURL(f"the URL is {size} bytes long; at most {MAX_URL_BYTES} bytes are allowed")
-    bad = _has_unsafe_char(url)
-    if bad is not None:
-        raise BadURL(f"the URL contains a control or whitespace character (U+{ord(bad):04X})")
-    if "\\" in url:
-        raise BadURL("the URL contains a backslash, which browsers read differently; use '/'")
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-        parts.port  # raises ValueError for a port out of range
-    except ValueError as exc:
-        raise BadURL(f"the URL cannot be parsed: {exc}") from None
-    scheme = parts.scheme.lower()
-    if not scheme:
-        raise BadURL("the URL has no scheme; only http:// and https:// URLs can be shared")
-    if scheme not in ALLOWED_SCHEMES:
-        raise BadURL(f"the scheme {scheme!r} is not allowed; only http and https URLs can be shared")
-    if not hostname:
-        raise BadURL("the URL has no host; expected something like https://example.org/")
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    netloc = userinfo + at + hostport.lower()
-    return urlunsplit((scheme, netloc, parts.path, parts.query, parts.fragment))
+__all__ = ["ALLOWED_SCHEMES", "MAX_URL_BYTES", "BadURL", "check_url"]
