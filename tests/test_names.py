@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ivisit_nb.sharing.names import numbered_name, safe_name, safe_user_dir
+from ivisit_nb.sharing.names import numbered_name, safe_name, safe_user_dir, tagged_name
 from ivisit_nb.sharing.urls import BadURL, check_url
 
 BIDI = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
@@ -95,6 +95,36 @@ def test_safe_user_dir() -> None:
     assert safe_user_dir(".parts") == "parts"
     assert safe_user_dir("\u202e") == "unknown"
     assert safe_user_dir("con") == "_con"
+
+
+def test_lone_surrogates_never_raise() -> None:
+    assert safe_user_dir("sur\ud800rogate") == "surrogate"
+    assert safe_user_dir("\udcff\ud800") == "unknown"
+    assert safe_name("a\udfff.txt\ud83d") == "a.txt"
+
+
+def test_user_dirs_collide_which_is_why_the_store_tells_them_apart() -> None:
+    assert {safe_user_dir(n) for n in ("carol", "carol.", ".carol", "carol\u200b", "carol\u202e", "../carol")} == {"carol"}
+    assert {safe_user_dir(n) for n in (".", "..", "")} == {"unknown"}
+
+
+def test_tagged_name() -> None:
+    assert tagged_name("carol", "3f9a2c") == "carol~3f9a2c"
+    long = safe_user_dir("x" * 300)
+    tagged = tagged_name(long, "0" * 64)
+    assert tagged.endswith("~" + "0" * 64) and len(tagged.encode("utf-8")) <= 255
+    assert safe_user_dir(tagged) == tagged
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=()), max_size=300), st.text("0123456789abcdef", min_size=6, max_size=64))
+def test_safe_user_dir_is_total_and_tags_stay_safe(user: str, tag: str) -> None:
+    folder = safe_user_dir(user)  # never raises, whatever the text
+    assert folder and not folder.startswith(".") and len(folder.encode("utf-8")) <= 255
+    assert safe_user_dir(folder) == folder
+    tagged = tagged_name(folder, tag)
+    assert tagged.endswith("~" + tag) and len(tagged.encode("utf-8")) <= 255
+    assert len(Path(tagged).parts) == 1 and not tagged.startswith(".")
 
 
 def test_numbered_name() -> None:

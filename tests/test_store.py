@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
 import json
 import os
 import shutil
+import sqlite3
 import stat
+import resource
 import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import blake3
 import pytest
 
 from ivisit_nb.protocol.sharing import content_hash
@@ -19,6 +28,7 @@ from ivisit_nb.sharing.store import (
     MissingContent,
     PartInUse,
     Store,
+    StoreError,
     StoreFull,
     TooLarge,
     UnsafePath,
@@ -41,7 +51,18 @@ def receive(store: Store, data: bytes, sender: str, name: str, chunk: int = 6553
 
 
 def files_under(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink())
+    """Files under ``path``, leaving out the index database (``.index.sqlite`` and its -wal/-shm)."""
+    return sorted(
+        str(p.relative_to(path))
+        for p in path.rglob("*")
+        if (p.is_file() or p.is_symlink()) and not p.name.startswith(".index.sqlite")
+    )
+
+
+def index_rows(store: Store) -> list[tuple[str, str]]:
+    """``(hash, path)`` rows of the index database, read with a connection of our own."""
+    with contextlib.closing(sqlite3.connect(store.root / ".index.sqlite")) as db:
+        return db.execute("SELECT hash, path FROM files ORDER BY rowid").fetchall()
 
 
 # -- layout -----------------------------------------------------------------------
@@ -54,8 +75,7 @@ def test_receive_and_finalize(store: Store) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert list(store.parts_dir.iterdir()) == []
     assert store.lookup(HASH) == path
-    index = json.loads((store.root / ".index.json").read_text())
-    assert index["files"][HASH][0]["path"] == "alice/notes.bin"
+    assert index_rows(store) == [(HASH, "alice/notes.bin")]
 
 
 def test_executable_bit_never_set(store: Store) -> None:
@@ -70,9 +90,9 @@ def test_executable_bit_never_set(store: Store) -> None:
 def test_hostile_names_stay_inside(store: Store) -> None:
     path = receive(store, b"x", "../../mallory", "../../../etc/passwd")
     assert path == store.root / "mallory" / "passwd"
-    path = receive(store, b"y", ".parts", ".index.json")
-    assert path == store.root / "parts" / "index.json"
-    assert (store.root / ".index.json").is_file()
+    path = receive(store, b"y", ".parts", ".index.sqlite")
+    assert path == store.root / "parts" / "index.sqlite"
+    assert (store.root / ".index.sqlite").is_file() and (store.root / ".parts").is_dir()
 
 
 # -- symlink attacks ---------------------------------------------------------------
@@ -163,7 +183,7 @@ def test_name_collisions(store: Store) -> None:
 def test_same_name_same_content_returns_existing(store: Store) -> None:
     a = receive(store, DATA, "alice", "x.bin")
     b = receive(store, DATA, "alice", "x.bin")
-    assert a == b and files_under(store.root) == [".index.json", "alice/x.bin"]
+    assert a == b and files_under(store.root) == ["alice/x.bin"]
 
 
 def test_place_copy_hardlinks(store: Store) -> None:
@@ -201,14 +221,29 @@ def test_place_copy_collision_with_other_content(store: Store) -> None:
 # -- content index ---------------------------------------------------------------------
 
 
-def test_corrupt_index_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+def test_corrupt_json_index_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    (root / "alice").mkdir(parents=True)
+    (root / "alice" / "x.bin").write_bytes(DATA)
+    (root / ".index.json").write_text("{not json")
+    with pytest.warns(RuntimeWarning, match="moved it to"):
+        store = Store(root, reserve=0)
+    assert store.lookup(HASH) == root / "alice" / "x.bin"  # rebuilt by hashing
+    assert [p.name.startswith(".index.json.corrupt-") for p in root.iterdir()].count(True) == 1
+    assert not (root / ".index.json").exists()
+
+
+def test_corrupt_sqlite_index_is_moved_aside_and_rebuilt(tmp_path: Path) -> None:
     store = Store(tmp_path / "inbox", reserve=0)
     path = receive(store, DATA, "alice", "x.bin")
-    (store.root / ".index.json").write_text("{not json")
+    store.close()
+    for p in store.root.glob(".index.sqlite*"):
+        p.unlink()
+    (store.root / ".index.sqlite").write_bytes(b"this is not a database" * 100)
     with pytest.warns(RuntimeWarning, match="moved it to"):
         again = Store(store.root, reserve=0)
     assert again.lookup(HASH) == path
-    assert [p.name.startswith(".index.json.corrupt-") for p in store.root.iterdir()].count(True) == 1
+    assert [p.name.startswith(".index.sqlite.corrupt-") for p in store.root.iterdir()].count(True) == 1
 
 
 def test_index_symlink_is_moved_aside(tmp_path: Path) -> None:
@@ -224,10 +259,27 @@ def test_index_symlink_is_moved_aside(tmp_path: Path) -> None:
     assert not (root / ".index.json").is_symlink()
 
 
+def test_sqlite_index_symlink_is_moved_aside(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    root = tmp_path / "inbox"
+    root.mkdir()
+    (root / ".index.sqlite").symlink_to(victim)
+    (root / ".index.sqlite-wal").symlink_to(victim)
+    with pytest.warns(RuntimeWarning, match="symbolic link"):
+        store = Store(root, reserve=0)
+    receive(store, b"x", "alice", "x")
+    assert victim.read_bytes() == b"precious"
+    assert not (root / ".index.sqlite").is_symlink() and not (root / ".index.sqlite-wal").is_symlink()
+    assert store.lookup(content_hash(b"x")) == root / "alice" / "x"
+
+
 def test_missing_index_is_rebuilt(tmp_path: Path) -> None:
     store = Store(tmp_path / "inbox", reserve=0)
     path = receive(store, DATA, "alice", "x.bin")
-    (store.root / ".index.json").unlink()
+    store.close()
+    for p in store.root.glob(".index.sqlite*"):
+        p.unlink()
     assert Store(store.root, reserve=0).lookup(HASH) == path
 
 
@@ -407,7 +459,9 @@ def tiny_disk(tmp_path: Path):
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        gc.collect()  # close the index databases of stores the test left behind
+        if subprocess.run(["umount", str(mnt)], check=False, capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)  # still busy: detach it anyway
 
 
 def test_full_disk(tiny_disk: Path) -> None:
@@ -425,7 +479,7 @@ def test_full_disk(tiny_disk: Path) -> None:
             part.write(off, data[off : off + 65536])
     assert part.closed
     assert list(store.parts_dir.iterdir()) == []
-    assert files_under(store.root) == [".index.json"]
+    assert files_under(store.root) == []
     (tiny_disk / "filler").unlink()
     # the disk is usable again once the part is gone
     assert receive(store, b"small", "alice", "ok.txt").read_bytes() == b"small"
@@ -492,3 +546,345 @@ def test_bad_prefix_makes_the_sender_restart(store: Store) -> None:
     (store.parts_dir / f"{HASH[7:]}.part").write_bytes(b"not the start of DATA" * 1000)
     path = _adapter_transfer(store, "alice", DATA)
     assert path is not None and path.read_bytes() == DATA
+
+
+# -- a folder for each exact sender name ----------------------------------------------------
+
+
+def tag(name: str, n: int = 6) -> str:
+    """The tag the store gives a sender whose clean name is taken."""
+    return blake3.blake3(name.encode("utf-8", "surrogatepass")).hexdigest()[:n]
+
+
+COLLIDING = ["carol", "carol.", ".carol", "carol\u200b", "carol\u202e", "../carol", "Carol", "CAROL", "carol\ud800"]
+
+
+def test_colliding_sender_names_get_distinct_stable_folders(tmp_path: Path) -> None:
+    store = Store(tmp_path / "inbox", reserve=0)
+    folders = {name: store.sender_dir(name) for name in COLLIDING}
+    assert len(set(folders.values())) == len(COLLIDING)
+    assert folders["carol"] == store.root / "carol"  # the first one gets the clean name
+    assert folders["carol."] == store.root / f"carol~{tag('carol.')}"
+    assert folders["carol\ud800"] == store.root / f"carol~{tag('carol' + chr(0xD800))}"
+    assert folders["Carol"].name == f"Carol~{tag('Carol')}"  # distinct on case-insensitive disks too
+    for i, name in enumerate(COLLIDING):
+        receive(store, f"file {i}".encode(), name, "same.txt")
+    store.close()
+
+    again = Store(store.root, reserve=0)
+    for i, name in enumerate(reversed(COLLIDING)):  # another order after a restart: same folders
+        assert again.sender_dir(name) == folders[name]
+    for i, name in enumerate(COLLIDING):
+        assert (folders[name] / "same.txt").read_bytes() == f"file {i}".encode()
+    assert again.senders() == folders
+
+
+def test_dot_names_and_traversal_do_not_share(store: Store) -> None:
+    mallory = store.sender_dir("../mallory")
+    assert mallory == store.root / "mallory"  # first come
+    assert store.sender_dir("mallory") == store.root / f"mallory~{tag('mallory')}"
+    dots = [store.sender_dir(n) for n in (".", "..", "", "\u202e", "unknown")]
+    assert len(set(dots)) == 5 and dots[0] == store.root / "unknown"
+    assert all(d.parent == store.root and not d.name.startswith(".") for d in dots)
+
+
+def test_tag_collision_moves_to_a_longer_tag(store: Store) -> None:
+    store.sender_dir("carol")
+    squatter = f"carol~{tag('carol.')}"  # a sender who names itself after carol.'s folder
+    assert store.sender_dir(squatter) == store.root / squatter
+    assert store.sender_dir("carol.") == store.root / f"carol~{tag('carol.', 12)}"
+    assert len(set(store.senders().values())) == 3
+
+
+def test_lone_surrogates_in_sender_names(store: Store) -> None:
+    names = ["sur\ud800rogate", "surrogate", "\udcff", "\ud800"]
+    paths = [receive(store, n.encode("utf-8", "surrogatepass"), n, "x") for n in names]
+    assert len({p.parent for p in paths}) == 4
+    assert paths[0].parent == store.root / "surrogate"
+    assert set(store.senders()) == set(names)
+
+
+def test_tampered_sender_folder_in_index_is_refused(store: Store) -> None:
+    store.sender_dir("eve")
+    with contextlib.closing(sqlite3.connect(store.root / ".index.sqlite")) as db:
+        with db:
+            db.execute("UPDATE senders SET folder = '.parts' WHERE folder = 'eve'")
+    with pytest.raises(UnsafePath, match="not a plain folder name"):
+        receive(store, b"x", "eve", "x")
+
+
+# -- the index: sqlite, migration, crashes ---------------------------------------------------
+
+
+def test_json_index_is_migrated(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    (root / "carol").mkdir(parents=True)
+    f = root / "carol" / "a.bin"
+    f.write_bytes(b"A" * 100)
+    st = f.stat()
+    # Not what the file holds: a lookup that finds it proves the entry came from the JSON, not from hashing.
+    claimed = content_hash(b"B" * 100)
+    entry = {"path": "carol/a.bin", "size": 100, "mtime_ns": st.st_mtime_ns}
+    (root / ".index.json").write_text(json.dumps({"version": 1, "files": {claimed: [entry]}}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = Store(root, reserve=0)
+    assert store.lookup(claimed) == f
+    assert not (root / ".index.json").exists() and (root / ".index.json.migrated").is_file()
+    assert store.sender_dir("carol") == root / "carol"  # an existing folder stays with its name
+    assert store.sender_dir("carol.") == root / f"carol~{tag('carol.')}"
+    store.close()
+    again = Store(root, reserve=0)
+    assert again.lookup(claimed) == f
+    assert again.sender_dir("carol.") == root / f"carol~{tag('carol.')}"
+
+
+def test_json_index_next_to_sqlite_is_merged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "inbox", reserve=0)
+    a = receive(store, b"aaa", "alice", "a")
+    b = receive(store, b"bbb", "bob", "b")
+    store.close()
+    # a crash between filling the database and renaming the JSON: import again, idempotently
+    st = b.stat()
+    entry = {"path": "bob/b", "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    (store.root / ".index.json").write_text(json.dumps({"version": 1, "files": {content_hash(b"bbb"): [entry]}}))
+    again = Store(store.root, reserve=0)
+    assert again.lookup(content_hash(b"aaa")) == a and again.lookup(content_hash(b"bbb")) == b
+    assert [len(v) for v in again.files().values()] == [1, 1]
+    assert (store.root / ".index.json.migrated").is_file()
+
+
+def test_index_is_sqlite_in_wal_mode(store: Store) -> None:
+    receive(store, b"x", "alice", "x")
+    with contextlib.closing(sqlite3.connect(store.root / ".index.sqlite")) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert not (store.root / ".index.json").exists()
+
+
+_WRITER = """
+import sys
+from ivisit_nb.protocol.sharing import content_hash
+from ivisit_nb.sharing.store import Store
+
+store = Store(sys.argv[1], reserve=0)
+i = int(sys.argv[2])
+while True:
+    data = b"file number %d " % i + bytes(j % 251 for j in range(i % 500))
+    part = store.open_part(content_hash(data), len(data))
+    part.write(0, data)
+    path = store.finalize(part, "sender%d" % (i % 7), "f%d.bin" % i)
+    store.place_copy("copies", "c%d.bin" % i, content_hash(data))
+    print(content_hash(data), path.relative_to(store.root).as_posix(), flush=True)
+    i += 1
+"""
+
+
+def test_killed_mid_update_leaves_a_readable_index(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    done: list[tuple[str, str]] = []
+    for round_, lines in enumerate((20, 45, 70)):  # killed at a different point each time
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(root), str(round_ * 1000)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent,
+        )
+        try:
+            for _ in range(lines):
+                line = proc.stdout.readline()
+                assert line, f"the writer stopped early: {proc.stderr.read().decode()}"
+                done.append(tuple(line.decode().split()))  # type: ignore[arg-type]
+        finally:
+            proc.kill()  # SIGKILL, in the middle of whatever it was doing
+            out, _ = proc.communicate()
+        done += [tuple(line.split()) for line in out.decode().splitlines()]  # type: ignore[misc]
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "moved it aside": nothing to repair
+            store = Store(root, reserve=0)
+        with contextlib.closing(sqlite3.connect(root / ".index.sqlite")) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for h, rel in done:  # everything reported placed survived the kill
+            assert store.lookup(h) == root / rel
+        assert len(store.senders()) == 8
+        store.close()
+
+
+def test_store_used_from_many_threads(store: Store) -> None:
+    datas = [os.urandom(5000) + bytes([i]) for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda i: receive(store, datas[i], f"s{i % 5}", f"f{i}"), range(40)))
+        copies = list(pool.map(lambda i: store.place_copy(f"t{i % 3}", f"c{i}", content_hash(datas[i])), range(40)))
+    for d, p, c in zip(datas, paths, copies):
+        assert store.lookup(content_hash(d)) == p and p.read_bytes() == d == c.read_bytes()
+    assert len(store.senders()) == 8 and sum(len(v) for v in store.files().values()) == 80
+
+
+# -- parts: no idle file descriptors, no piles --------------------------------------------------
+
+
+def fd_count() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd to count descriptors")
+def test_idle_open_parts_hold_no_fd(store: Store) -> None:
+    datas = [os.urandom(1000) + i.to_bytes(2, "big") for i in range(1000)]
+    for d in datas[:30]:  # some resume an earlier attempt
+        (store.parts_dir / f"{content_hash(d)[7:]}.part").write_bytes(d[:500])
+    gc.collect()  # stores of earlier tests must not close their databases mid-count
+    before = fd_count()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(before + 20, hard), hard))
+    try:  # 1,000 accepted transfers waiting for their first bytes, under a limit of 20 more descriptors
+        parts = [store.open_part(content_hash(d), len(d)) for d in datas]
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fd_count() == before
+    assert parts[0].prefix_length == 500 and parts[999].prefix_length == 0
+    assert not any(p.holds_fd for p in parts)
+    parts[0].write(500, datas[0][500:])
+    parts[999].write(0, datas[999][:10])
+    assert fd_count() == before + 2 and parts[0].holds_fd
+    store.verify(parts[0])  # verified, waiting to be placed: no descriptor either
+    assert fd_count() == before + 1 and not parts[0].holds_fd
+    store.place(parts[0], "alice", "x")
+    for p in parts:
+        p.close()
+    assert fd_count() == before
+
+
+def test_closing_an_empty_part_removes_it(store: Store) -> None:
+    path = store.parts_dir / f"{HASH[7:]}.part"
+    store.open_part(HASH, len(DATA)).close()
+    assert not path.exists()
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, b"")  # the file is made at the first write ...
+    assert path.exists()
+    part.close()  # ... and removed with nothing in it
+    assert not path.exists()
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, DATA[:10])
+    part.truncate(0)
+    part.close()
+    assert not path.exists()
+    path.write_bytes(b"")  # an empty part left by a crash
+    part = store.open_part(HASH, len(DATA))
+    assert part.prefix_length == 0 and not path.exists()
+    part.write(0, DATA[:10])
+    part.close()  # bytes in it: kept for a resume
+    assert path.stat().st_size == 10
+
+
+def test_part_changed_on_disk_is_refused(store: Store) -> None:
+    path = store.parts_dir / f"{HASH[7:]}.part"
+    path.write_bytes(DATA[:1000])
+    part = store.open_part(HASH, len(DATA))
+    path.write_bytes(DATA[:10])  # another program meddles before the first byte arrives
+    with pytest.raises(StoreError, match="changed on disk since it was opened"):
+        part.write(1000, DATA[1000:2000])
+    store.discard(part)
+    assert not path.exists()
+
+
+def test_check_space_counts_bytes_still_to_come(tiny_disk: Path) -> None:
+    store = Store(tiny_disk / "inbox", reserve=0)
+    a, b = os.urandom(600 * 1024), os.urandom(600 * 1024)
+    part_a = store.open_part(content_hash(a), len(a))  # fits alone ...
+    assert store.bytes_to_come() == len(a)
+    with pytest.raises(InsufficientSpace, match=r"0\.6 MiB still to come for transfers under way"):
+        store.open_part(content_hash(b), len(b))  # ... but not both at once
+    with pytest.raises(InsufficientSpace):
+        store.check_space(len(b))
+    part_a.write(0, a[: 200 * 1024])
+    assert store.bytes_to_come() == 400 * 1024
+    store.discard(part_a)
+    assert store.bytes_to_come() == 0
+    part_b = store.open_part(content_hash(b), len(b))
+    part_b.write(0, b)
+    assert store.finalize(part_b, "bob", "b").read_bytes() == b
+
+
+def test_sweep_parts(tmp_path: Path) -> None:
+    root = tmp_path / "inbox"
+    parts = root / ".parts"
+    parts.mkdir(parents=True)
+    now = time.time()
+
+    def old_part(data: bytes, age: float) -> Path:
+        p = parts / f"{content_hash(data)[7:]}.part"
+        p.write_bytes(data[: len(data) // 2])
+        os.utime(p, (now - age, now - age))
+        return p
+
+    datas = [os.urandom(200_000) for _ in range(3)]
+    oldest, middle, newest = (old_part(d, age) for d, age in zip(datas, (300, 200, 100)))
+    (parts / ("0" * 64 + ".part")).write_bytes(b"")  # empty
+    (parts / "notes.txt").write_text("junk")
+    (parts / "abc.copy").write_bytes(b"left by an interrupted copy")
+    (parts / ("A" * 64 + ".part")).write_bytes(b"not a hash name")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious")
+    (parts / ("1" * 64 + ".part")).symlink_to(outside)
+    (parts / "somedir").mkdir()
+
+    store = Store(root, reserve=0, max_parts_bytes=250_000)  # three parts of 100,000 bytes: one too many
+    assert sorted(os.listdir(parts)) == sorted([middle.name, newest.name, "somedir"])
+    assert outside.read_bytes() == b"precious"
+    assert store.open_part(content_hash(datas[2]), 200_000).prefix_length == 100_000  # resumable: kept
+    assert store.sweep_parts(max_total_bytes=0) == [middle]  # an open part is left alone
+    assert newest.exists()
+    assert Store(root, reserve=0).max_parts_bytes == 4 * 1024**3
+
+
+def test_sweep_keeps_parts_under_the_default_cap(tmp_path: Path) -> None:
+    store = Store(tmp_path / "inbox", reserve=0)
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, DATA[:1000])
+    part.close()
+    assert Store(store.root, reserve=0).open_part(HASH, len(DATA)).prefix_length == 1000
+
+
+# -- verify, then place: a failed transfer leaves nothing in view ----------------------------
+
+
+def test_verify_then_place(store: Store) -> None:
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, DATA)
+    with pytest.raises(ValueError, match="was not verified"):
+        store.place(part, "alice", "x.bin")
+    store.verify(part)
+    assert part.verified and not part.closed and not part.holds_fd
+    assert files_under(store.root) == [f".parts/{HASH[7:]}.part"]  # nothing in view yet
+    path = store.place(part, "alice", "x.bin")
+    assert part.closed and path.read_bytes() == DATA and store.lookup(HASH) == path
+
+
+def test_verified_but_no_longer_wanted(store: Store) -> None:
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, DATA)
+    store.verify(part)
+    part.close()  # cancelled between verify and place: nothing in view, the bytes kept
+    assert files_under(store.root) == [f".parts/{HASH[7:]}.part"]
+    again = store.open_part(HASH, len(DATA))
+    assert again.complete
+    assert store.finalize(again, "alice", "x.bin").read_bytes() == DATA
+
+
+def test_failed_verify_leaves_nothing(store: Store) -> None:
+    part = store.open_part(HASH, len(DATA))
+    part.write(0, bytes(len(DATA)))
+    with pytest.raises(IntegrityError):
+        store.verify(part)
+    assert part.closed and files_under(store.root) == []
+    with pytest.raises(ValueError, match="closed"):
+        store.place(part, "alice", "x.bin")
+    assert files_under(store.root) == []
+
+
+def test_write_after_verify_needs_a_new_verify(store: Store) -> None:
+    data = b"abcdef"
+    part = store.open_part(content_hash(data), 6)
+    part.write(0, data)
+    store.verify(part)
+    part.truncate(0)
+    part.write(0, data)
+    assert not part.verified
+    assert store.finalize(part, "alice", "x").read_bytes() == data

@@ -14,6 +14,16 @@ The rules (applied until nothing changes, so the result is idempotent):
 4. Leading and trailing spaces and dots go (no hidden files, no ``.``/``..``).
 5. Windows device names (``CON``, ``NUL``, ``COM1``, ``lpt3.txt`` ...) get a ``_`` prefix.
 6. At most 255 bytes of UTF-8: the stem is shortened, the extension kept.
+
+:func:`safe_name` and :func:`safe_user_dir` are total: any ``str`` (including lone surrogates such as
+``"sur\\ud800rogate"``, which are removed like other unsafe characters) gives a
+safe, non-empty name; only a non-``str`` argument (``TypeError``) or an unusable
+``fallback`` (``ValueError``, a programming error) raise.
+
+They are not one-to-one: ``"carol."``, ``".carol"`` and ``"carol\\u200b"`` all
+become ``carol``. Where distinct names must get distinct folders (senders in
+the inbox), use :meth:`ivisit_nb.sharing.store.Store.sender_dir`, which records
+each exact name and tells colliding ones apart with :func:`tagged_name`.
 """
 
 from __future__ import annotations
@@ -98,7 +108,7 @@ def safe_name(name: str, *, fallback: str = "file") -> str:
     The result is non-empty, has no path separators, control or bidi characters,
     is not ``.`` or ``..``, is at most 255 bytes of UTF-8, and
     ``safe_name(safe_name(x)) == safe_name(x)``. If nothing usable is left,
-    ``fallback`` (itself cleaned) is returned.
+    ``fallback`` (itself cleaned) is returned. Never raises for a ``str`` name.
     """
     if not isinstance(name, str):
         raise TypeError(f"a file name must be a str, not {type(name).__name__}")
@@ -116,7 +126,11 @@ def safe_user_dir(user: str) -> str:
 
     Same rules as :func:`safe_name`; a name with nothing usable becomes ``unknown``.
     The result never starts with a dot, so it cannot clash with the inbox's
-    hidden ``.parts`` folder or index files.
+    hidden ``.parts`` folder or index files. Never raises for a ``str``.
+
+    Different users can get the same folder name (``"../bob"`` and ``"bob"``);
+    the inbox itself uses :meth:`Store.sender_dir <ivisit_nb.sharing.store.Store.sender_dir>`,
+    which gives every exact user name a folder of its own.
     """
     return safe_name(user, fallback="unknown")
 
@@ -129,3 +143,13 @@ def numbered_name(name: str, n: int) -> str:
     stem, ext = _split_ext(name)
     suffix = f" ({n}){ext}"
     return _fit(stem, suffix)
+
+
+def tagged_name(name: str, tag: str) -> str:
+    """``"carol~3f9a2c"`` for ``tagged_name("carol", "3f9a2c")``, still at most 255 bytes.
+
+    ``name`` should already be safe and ``tag`` plain ASCII letters and digits;
+    the tag survives truncation of a long name. Used to tell apart different
+    senders whose names clean up to the same folder name.
+    """
+    return _fit(name, f"~{tag}")
