@@ -166,11 +166,11 @@ def test_unicode_and_longest_names_accepted(server: RoomServer) -> None:
     async def test(s: aiohttp.ClientSession) -> None:
         long_name = "x" * 64
         a = await joined(s, server.url, long_name, "Zoë's room 🙂")
-        b, w = await join(s, server.url, " Zoë 🙂 ", "Zoë's room 🙂")
+        b, w = await join(s, server.url, "Zoë 🙂", "Zoë's room 🙂")
         assert w["members"] == [long_name]
-        assert await recv(a) == {"type": "joined", "room": "Zoë's room 🙂", "user": " Zoë 🙂 "}
+        assert await recv(a) == {"type": "joined", "room": "Zoë's room 🙂", "user": "Zoë 🙂"}
         await b.send_json({"type": "signal", "to": long_name, "data": {"text": "héllo"}})
-        assert await recv(a) == {"type": "signal", "from": " Zoë 🙂 ", "data": {"text": "héllo"}}
+        assert await recv(a) == {"type": "signal", "from": "Zoë 🙂", "data": {"text": "héllo"}}
 
     run(test)
 
@@ -237,6 +237,38 @@ def test_duplicate_name_refused_anywhere_on_the_server(server: RoomServer) -> No
     run(test)
 
 
+def test_lookalike_and_disguised_names_are_refused(server: RoomServer) -> None:
+    async def test(s: aiohttp.ClientSession) -> None:
+        carol = await joined(s, server.url, "carol", "lab")
+        for lookalike in ("Carol", "c\u0430rol", "caro1", "carol."):  # Cyrillic а in the second
+            ws, reply = await join(s, server.url, lookalike, "lab")
+            assert reply["code"] == "name-taken" and reply["fatal"] is True, reply
+            assert "too similar to 'carol', who is already here" in reply["message"]
+            assert await closed_with(ws) == 4002
+        for disguised, char in (("carol\u200b", "U+200B"), ("carol\u202e", "U+202E"), ("\u2066carol", "U+2066")):
+            ws, reply = await join(s, server.url, disguised, "lab")
+            assert reply["code"] == "bad-name" and reply["fatal"] is True, reply
+            assert char in reply["message"] and "not allowed" in reply["message"]
+            assert await closed_with(ws) == 4005
+        assert server.rooms == {"lab": ["carol"]}
+        await ping(carol)
+
+    run(test)
+
+
+def test_welcome_carries_the_canonical_name(server: RoomServer) -> None:
+    async def test(s: aiohttp.ClientSession) -> None:
+        ws, welcome = await join(s, server.url, "Zoe\u0301", "Cafe\u0301")
+        assert welcome["user"] == "Zoé" and welcome["room"] == "Café"
+        bob, welcome = await join(s, server.url, "bob", "Café")
+        assert welcome["members"] == ["Zoé"]
+        assert await recv(ws) == {"type": "joined", "room": "Café", "user": "bob"}
+        await bob.send_json({"type": "signal", "to": "Zoe\u0301", "data": {"n": 1}})
+        assert await recv(ws) == {"type": "signal", "from": "bob", "data": {"n": 1}}
+
+    run(test)
+
+
 def test_token_required_and_checked() -> None:
     with RoomServer(token="s3cret") as server:
 
@@ -280,25 +312,26 @@ def test_room_full() -> None:
 
 
 @pytest.mark.parametrize(
-    "hello",
+    "hello, code, close",
     [
-        {"type": "hello", "version": 1, "room": "lab"},  # no user
-        {"type": "hello", "version": 1, "user": "", "room": "lab"},
-        {"type": "hello", "version": 1, "user": "   ", "room": "lab"},
-        {"type": "hello", "version": 1, "user": "ali\nce", "room": "lab"},
-        {"type": "hello", "version": 1, "user": "x" * 65, "room": "lab"},
-        {"type": "hello", "version": 1, "user": ["alice"], "room": "lab"},
-        {"type": "hello", "version": 1, "user": "alice", "room": ""},
-        {"type": "hello", "version": 1, "user": "alice", "room": 7},
-        {"type": "hello", "version": 2, "user": "alice", "room": "lab"},
-        {"type": "hello", "user": "alice", "room": "lab"},  # no version
+        ({"type": "hello", "version": 1, "room": "lab"}, "bad-message", 4000),  # no user
+        ({"type": "hello", "version": 1, "user": "", "room": "lab"}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": "   ", "room": "lab"}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": "ali\nce", "room": "lab"}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": "x" * 65, "room": "lab"}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": ["alice"], "room": "lab"}, "bad-message", 4000),
+        ({"type": "hello", "version": 1, "user": "alice", "room": ""}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": "alice", "room": "lab\u202e"}, "bad-name", 4005),
+        ({"type": "hello", "version": 1, "user": "alice", "room": 7}, "bad-message", 4000),
+        ({"type": "hello", "version": 2, "user": "alice", "room": "lab"}, "bad-message", 4000),
+        ({"type": "hello", "user": "alice", "room": "lab"}, "bad-message", 4000),  # no version
     ],
 )
-def test_bad_hello_is_fatal(server: RoomServer, hello: dict[str, Any]) -> None:
+def test_bad_hello_is_fatal(server: RoomServer, hello: dict[str, Any], code: str, close: int) -> None:
     async def test(s: aiohttp.ClientSession) -> None:
         ws = await connect(s, server.url)
         await ws.send_json(hello)
-        await expect_error(ws, "bad-message", fatal=True, close=4000)
+        await expect_error(ws, code, fatal=True, close=close)
         assert server.rooms == {}
         await check_serving(s, server.url)
 

@@ -2,6 +2,9 @@
 
 It runs on the session's engine loop. After the server goes away it reconnects
 with backoff and reports the room roster again, so the mesh can be re-formed.
+A refusal that retrying cannot fix (wrong token, room full, a name the server
+does not accept or that someone else holds) ends the reconnecting and is
+reported once, as ``{"type": "refused", ...}``.
 """
 
 from __future__ import annotations
@@ -15,23 +18,56 @@ import aiohttp
 
 log = logging.getLogger("ivisit_nb.room.client")
 
-FATAL_CODES = {"bad-token", "name-taken", "room-full", "not-joined", "bad-message"}
+# Refusals that the same hello would get again: stop reconnecting.
+FATAL_CODES = frozenset({"bad-token", "name-taken", "room-full", "bad-name", "bad-message"})
+
+# After a network blip the server may still hold our old connection, and so our
+# name, until it notices the connection is dead: at most 30 s after our last
+# frame (ivisit_nb.room.app.STALE_AFTER). "name-taken" within this many seconds
+# of losing the connection is therefore retried, not fatal.
+NAME_TAKEN_GRACE = 35.0
+
+BACKOFF_FIRST = 0.2  # seconds before the first reconnect attempt; doubles up to...
+BACKOFF_MAX = 2.0
 
 
 class JoinRefused(RuntimeError):
-    """The room server refused to let us in (wrong token, name taken, room full...)."""
+    """The room server refused to let us in (wrong token, name taken, room full...).
+
+    ``code`` is the protocol's error code, ``message`` the server's explanation.
+    """
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{message} [{code}]")
         self.code = code
+        self.message = message
 
 
 class RoomClient:
     """One websocket to the room server.
 
     ``handler(message)`` gets every server frame after ``welcome`` (``joined``,
-    ``left``, ``signal``, ``error``), plus synthetic ``{"type": "disconnected"}``
-    and, after a reconnect, a fresh ``{"type": "welcome", ...}``.
+    ``left``, ``signal``, ``error``), plus synthetic messages:
+
+    * ``{"type": "disconnected", "reason": ...}`` when the connection is lost;
+      the client then reconnects with backoff (0.2 s, doubling, at most 2 s)
+      for as long as the failures are transient (refused connections,
+      timeouts, a server that is restarting);
+    * a fresh ``{"type": "welcome", ...}`` after each reconnect;
+    * ``{"type": "refused", "code": ..., "message": ...}`` when the server
+      refuses a reconnect for good (a code in :data:`FATAL_CODES`, e.g. it was
+      restarted with a token we do not have). Reconnecting stops there;
+      :attr:`refused` holds the refusal. One exception: ``name-taken`` is
+      retried for :data:`NAME_TAKEN_GRACE` seconds after the connection was
+      lost, because the server may still hold our old connection until it
+      sees that it is dead; after that it is fatal too.
+
+    The first :meth:`connect` raises :class:`JoinRefused` for any refusal
+    instead (no grace there: nobody else held our name before).
+
+    :attr:`user` is the name we asked for until the server welcomes us, then
+    the server's canonical form of it (``welcome["user"]``, NFC), which later
+    reconnects also use.
     """
 
     def __init__(
@@ -41,14 +77,18 @@ class RoomClient:
         room: str | None,
         handler: Callable[[dict[str, Any]], Awaitable[None]],
         token: str | None = None,
+        *,
+        name_taken_grace: float = NAME_TAKEN_GRACE,
     ) -> None:
         self.url, self.user, self.room, self.token = url, user, room, token
+        self.name_taken_grace = name_taken_grace
         self._handler = handler
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.connected = False
+        self.refused: JoinRefused | None = None
 
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
         """Join and return the ``welcome``; raises :class:`JoinRefused` or ``OSError``."""
@@ -62,49 +102,79 @@ class RoomClient:
         return welcome
 
     async def _open(self) -> dict[str, Any]:
+        """One join attempt: connect, hello, and the server's answer."""
         assert self._http is not None
         ws = await self._http.ws_connect(self.url, heartbeat=15.0, max_msg_size=1 << 20)
-        hello: dict[str, Any] = {"type": "hello", "version": 1, "user": self.user, "room": self.room}
-        if self.token is not None:
-            hello["token"] = self.token
-        await ws.send_str(json.dumps(hello))
-        msg = await ws.receive()
-        if msg.type != aiohttp.WSMsgType.TEXT:
+        try:
+            hello: dict[str, Any] = {"type": "hello", "version": 1, "user": self.user, "room": self.room}
+            if self.token is not None:
+                hello["token"] = self.token
+            await ws.send_str(json.dumps(hello))
+            msg = await ws.receive()
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                raise ConnectionError(f"room server closed the connection during join ({msg.type.name})")
+            try:
+                reply = json.loads(msg.data)
+            except ValueError:
+                raise ConnectionError("room server answered hello with something that is not JSON") from None
+            if not isinstance(reply, dict):
+                raise ConnectionError("room server answered hello with something that is not a JSON object")
+            if reply.get("type") == "error":
+                raise JoinRefused(str(reply.get("code", "error")), str(reply.get("message", "refused")))
+            if reply.get("type") != "welcome":
+                raise ConnectionError(f"room server sent {reply.get('type')!r} instead of welcome")
+        except Exception:
             await ws.close()
-            raise ConnectionError(f"room server closed the connection during join ({msg.type.name})")
-        reply = json.loads(msg.data)
-        if reply.get("type") == "error":
-            await ws.close()
-            raise JoinRefused(reply.get("code", "error"), reply.get("message", "refused"))
-        if reply.get("type") != "welcome":
-            await ws.close()
-            raise ConnectionError(f"room server sent {reply.get('type')!r} instead of welcome")
+            raise
+        if isinstance(reply.get("user"), str):
+            self.user = reply["user"]  # the canonical form of our name
         self._ws = ws
         self.connected = True
         return reply
 
     async def _run(self) -> None:
-        delay = 0.2
         while not self._closing:
             await self._pump()
             if self._closing:
                 break
             self.connected = False
-            await self._handler({"type": "disconnected", "reason": "lost the room server"})
-            while not self._closing:  # reconnect with backoff
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                try:
-                    welcome = await asyncio.wait_for(self._open(), 5.0)
-                except JoinRefused as exc:
-                    # e.g. the server still holds our old connection for a moment
-                    log.info("rejoin refused: %s", exc)
+            lost_at = asyncio.get_running_loop().time()
+            await self._deliver({"type": "disconnected", "reason": "lost the room server"})
+            refusal = await self._rejoin(lost_at)
+            if refusal is not None:
+                self.refused = refusal
+                log.warning("room server refused to let us back in: %s", refusal)
+                await self._deliver({"type": "refused", "code": refusal.code, "message": refusal.message})
+                return
+
+    async def _rejoin(self, lost_at: float) -> JoinRefused | None:
+        """Reconnect with backoff until welcomed (``None``) or fatally refused (the refusal)."""
+        loop = asyncio.get_running_loop()
+        delay = BACKOFF_FIRST
+        while not self._closing:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+            try:
+                welcome = await asyncio.wait_for(self._open(), 5.0)
+            except JoinRefused as exc:
+                if exc.code == "name-taken" and loop.time() - lost_at < self.name_taken_grace:
+                    log.info("rejoin refused, probably by our own old connection; retrying: %s", exc)
                     continue
-                except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
-                    continue
-                delay = 0.2
-                await self._handler(welcome)
-                break
+                if exc.code in FATAL_CODES:
+                    return exc
+                log.info("rejoin refused; retrying: %s", exc)  # e.g. rate-limited: try again
+                continue
+            except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+                continue  # the server is not back yet
+            await self._deliver(welcome)
+            return None
+        return None
+
+    async def _deliver(self, message: dict[str, Any]) -> None:
+        try:
+            await self._handler(message)
+        except Exception:
+            log.exception("handling %s from the room server", message.get("type"))
 
     async def _pump(self) -> None:
         ws = self._ws
@@ -118,10 +188,8 @@ class RoomClient:
                 except ValueError:
                     log.warning("room server sent invalid JSON")
                     continue
-                try:
-                    await self._handler(data)
-                except Exception:
-                    log.exception("handling %s from the room server", data.get("type"))
+                if isinstance(data, dict):
+                    await self._deliver(data)
         except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError):
             pass
 
