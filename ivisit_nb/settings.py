@@ -6,6 +6,11 @@ JSON, so it survives a restart. A corrupt file is moved aside with a warning.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
+    import pandas as pd
+
 import json
 import logging
 import os
@@ -15,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import pandas as pd
+from .listeners import Listeners
 
 log = logging.getLogger("ivisit_nb.settings")
 
@@ -83,13 +88,15 @@ class UserSettings:
 class Settings:
     """All users' settings plus ``defaults`` for users not yet seen.
 
-    ``on_change(user, field, value)`` is called after each change (user is None
-    for the defaults).
+    ``changes`` listeners are called as ``fn(user, field, value)`` after each change
+    (user is None for the defaults); ``on_change`` is a first such listener.
     """
 
     def __init__(self, path: Path | str | None, on_change: Callable[[str | None, str, Any], None] | None = None) -> None:
         self.path = Path(path) if path is not None else None
-        self.on_change = on_change
+        self.changes: Listeners[Callable[[str | None, str, Any], None]] = Listeners("settings change")
+        if on_change is not None:
+            self.changes.add(on_change)
         self._lock = threading.RLock()
         self._defaults: dict[str, Any] = {}
         self._users: dict[str, dict[str, Any]] = {}
@@ -135,8 +142,7 @@ class Settings:
             target = self._defaults if user is None else self._users.setdefault(user, {})
             target[field] = value
             self._save()
-        if self.on_change:
-            self.on_change(user, field, value)
+        self.changes(user, field, value)
 
     @property
     def defaults(self) -> UserSettings:
@@ -171,4 +177,6 @@ class Settings:
     def to_frame(self) -> pd.DataFrame:
         """One row per user with their own settings, defaults filled in."""
         rows = [{"user": u, **self[u].as_dict()} for u in self]
+        import pandas as pd
+        
         return pd.DataFrame(rows, columns=["user", *FACTORY_DEFAULTS])

@@ -12,6 +12,11 @@ unless the viewer is :attr:`~Inbox.paused`: then it is queued, and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
+    import pandas as pd
+
 import json
 import logging
 import os
@@ -22,7 +27,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
-import pandas as pd
+from ..listeners import Listeners
+
 
 log = logging.getLogger("ivisit_nb.inbox")
 
@@ -73,8 +79,11 @@ class Inbox:
         self._index: int | None = len(self._items) - 1 if self._items else None
         self._paused = False
         self._closed = False
-        self._close_callbacks: list[Callable[[], None]] = []
-        self._subscribers: list[Callable[[], None]] = []
+        #: listeners called after every change (``changes.add(fn)``), and when the viewer closes
+        self.changes: Listeners[Callable[[], None]] = Listeners("inbox change")
+        self.closes: Listeners[Callable[[], None]] = Listeners("viewer close")
+        if on_change is not None:
+            self.changes.add(on_change)
 
     def __repr__(self) -> str:
         return f"<Inbox {self.root}: {len(self)} items, current {self._index}{' paused' if self._paused else ''}>"
@@ -113,25 +122,11 @@ class Inbox:
             os.fsync(f.fileno())
 
     def _changed(self) -> None:
-        for callback in [self.on_change, *self._subscribers]:
-            if callback is None:
-                continue
-            try:
-                callback()
-            except Exception:
-                log.exception("inbox on_change callback failed")
+        self.changes()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Also call ``callback()`` after every change (like ``on_change``); returns an unsubscribe function."""
-        with self._lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
+        """Call ``callback()`` after every change; returns an unsubscribe function (``changes.add``)."""
+        return self.changes.add(callback)
 
     # -- adding ---------------------------------------------------------------------
 
@@ -222,6 +217,8 @@ class Inbox:
         """The whole history, oldest first, one row per item."""
         with self._lock:
             rows = [asdict(i) for i in self._items]
+        import pandas as pd
+        
         return pd.DataFrame(rows, columns=COLUMNS)
 
     # -- closing -----------------------------------------------------------------------
@@ -233,18 +230,12 @@ class Inbox:
 
     def on_close(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback()`` whenever the viewer is closed; returns it (usable as a decorator)."""
-        with self._lock:
-            self._close_callbacks.append(callback)
+        self.closes.add(callback)
         return callback
 
     def close(self) -> None:
-        """Close the viewer: run the close callbacks (e.g. cancel receives in progress)."""
+        """Close the viewer: run the close listeners (e.g. cancel receives in progress)."""
         with self._lock:
             self._closed = True
-            callbacks = list(self._close_callbacks)
-        for cb in callbacks:
-            try:
-                cb()
-            except Exception:
-                log.exception("inbox close callback failed")
+        self.closes()
         self._changed()

@@ -11,10 +11,14 @@ Decisions are made in this order, and the first that answers wins:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas is imported only when a DataFrame is asked for
+    import pandas as pd
+
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-import pandas as pd
 
 from ..settings import Settings
 
@@ -104,6 +108,8 @@ class Policy:
                 }
             )
         cols = ["sender", "kind", "name", "size", "old_decision", "new_decision", "new_decided_by", "changed"]
+        import pandas as pd
+        
         return pd.DataFrame(rows, columns=cols)
 
 

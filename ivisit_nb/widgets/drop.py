@@ -32,7 +32,7 @@ from .frontend import DataBox
 from .pump import Pump
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 log = logging.getLogger("ivisit_nb.widgets")
 

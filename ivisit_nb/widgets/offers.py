@@ -27,7 +27,7 @@ from .frontend import Bridge, box
 from .pump import UI_LOCK, Pump, Tick, close_tree, guard
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 KINDS = ("file", "url")
 

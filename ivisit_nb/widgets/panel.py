@@ -22,7 +22,7 @@ from .settings_panel import ReceiveToggle
 from .viewer import Viewer
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 
 class Panel(widgets.VBox):

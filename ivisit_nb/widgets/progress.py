@@ -20,7 +20,7 @@ from .pump import UI_LOCK, Pump, Tick, close_tree, guard
 from .units import human_rate
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 KEEP_ENDED = 3
 
@@ -99,7 +99,7 @@ class ProgressList(widgets.VBox):
 
     def _scan(self) -> None:
         # Transfers that started before this list existed (or whose first event was coalesced away).
-        for t in list(self.session.sharing.transfers.values()):
+        for t in list(self.session.active_transfers):
             if t.status == "transferring" and t.kind == "file" and t.transfer_id not in self.lines:
                 self.line(t)
 

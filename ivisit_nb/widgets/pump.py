@@ -33,7 +33,7 @@ from .. import events as ev
 if TYPE_CHECKING:
     from ipywidgets import Widget
 
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 log = logging.getLogger("ivisit_nb.widgets")
 
@@ -110,22 +110,13 @@ class Pump:
         self.session = session
         self._queue: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._listeners: list[Listener] = []
-        self._unsubscribe = [session.on(self.post), session.inbox.subscribe(lambda: self.post(InboxChanged()))]
-        self._chain_settings(session)
+        self._unsubscribe = [
+            session.on(self.post),
+            session.inbox.changes.add(lambda: self.post(InboxChanged())),
+            session.settings.changes.add(lambda user, field, value: self.post(SettingChanged(user=user, field=field, value=value))),
+        ]
         self._thread = threading.Thread(target=self._run, name=f"ivisit-ui-{session.user}", daemon=True)
         self._thread.start()
-
-    def _chain_settings(self, session: "Session") -> None:
-        # Settings has one on_change slot: keep whatever was there and add ours.
-        settings = session.settings
-        previous = settings.on_change
-
-        def on_change(user: str | None, field: str, value: Any) -> None:
-            if previous is not None:
-                previous(user, field, value)
-            self.post(SettingChanged(user=user, field=field, value=value))
-
-        settings.on_change = on_change
 
     # -- any thread -------------------------------------------------------------
     def post(self, event: ev.Event) -> None:
@@ -149,7 +140,7 @@ class Pump:
         held: dict[str, ev.TransferProgress] = {}  # transfer id -> latest progress not yet shown
         last_shown: dict[str, float] = {}
         next_tick = time.monotonic() + TICK
-        while not self.session._closed:
+        while not self.session.closed:
             now = time.monotonic()
             due = min([next_tick] + [last_shown.get(tid, 0.0) + PROGRESS_INTERVAL for tid in held])
             try:

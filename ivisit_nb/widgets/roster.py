@@ -25,7 +25,8 @@ from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, guard
 from .settings_panel import SettingsPanel
 
 if TYPE_CHECKING:
-    from ..session import Peer, Session
+    from .api import PeerAPI as Peer
+    from .api import SessionAPI as Session
 
 STATE_COLOURS = {"connected": "green", "connecting": "orange", "new": "grey", "failed": "red", "closed": "grey"}
 

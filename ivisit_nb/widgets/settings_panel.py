@@ -11,7 +11,7 @@ from ..settings import CHOICES, KINDS
 from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, guard
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 LABELS = {"calls": "Calls", "messages": "Messages", "files": "Files", "urls": "URLs"}
 

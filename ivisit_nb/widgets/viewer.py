@@ -31,7 +31,7 @@ from .preview import preview
 from .pump import UI_LOCK, InboxChanged, Pump, close_tree, guard
 
 if TYPE_CHECKING:
-    from ..session import Session
+    from .api import SessionAPI as Session
 
 MAX_OPTIONS = 1000  # the selector lists the newest items up to this many
 
@@ -118,7 +118,7 @@ class Viewer(widgets.VBox):
     def stop_receiving(self) -> int:
         """Cancel every receive in progress; returns how many were cancelled."""
         reason = f"{self.session.user} pressed Stop in the Sharing viewer"
-        active = [t for t in list(self.session.sharing.transfers.values()) if t.direction == "in" and not t.ended]
+        active = [t for t in list(self.session.active_transfers) if t.direction == "in" and not t.ended]
         for t in active:
             t.cancel(reason)
         return len(active)
