@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from ivisit_nb.protocol.sharing import content_hash as hash_bytes
-from ivisit_nb.sharing.service import hash_file
-from ivisit_nb.sharing.urls import BadURL
+from ivisit_nb.sharing.hashing import hash_file
+from ivisit_nb.protocol.urls import BadURL
 from helpers import make_file, wait_until
 
 
@@ -95,7 +95,7 @@ def test_unanswered_offer_is_refused_after_the_timeout(server, make_session, tmp
     bob.receiving = True
     t = alice.send_file(make_file(tmp_path / "x.bin", 10), to="bob")
     assert t.wait(10) == "refused"
-    assert t.reason == "no answer"
+    assert t.reason == "bob did not answer within 1 s"
     assert bob.pending_offers == []
     assert bob.policy_log.iloc[-1].decided_by == "no answer"
 
@@ -124,10 +124,10 @@ def test_dedup_sends_no_payload_bytes(pair, tmp_path):
     f = make_file(tmp_path / "big.bin", 2_000_000)
     assert alice.send_file(f, to="bob").wait(30) == "done"
     link = bob.peers["alice"].link
-    before = link.data_bytes_received
+    before = link.data_lane.bytes_received
     t = alice.send_file(f, to="bob")
     assert t.wait(10) == "done"
-    assert link.data_bytes_received == before  # counters: nothing crossed the data channel
+    assert link.data_lane.bytes_received == before  # counters: nothing crossed the data channel
     assert t.lane == "dedup" and t.bytes_transferred == 0
     row = bob.transfers.iloc[-1]
     assert (row.lane, row.bytes_transferred) == ("dedup", 0)
@@ -135,7 +135,7 @@ def test_dedup_sends_no_payload_bytes(pair, tmp_path):
     copy = tmp_path / "copy.bin"
     copy.write_bytes(f.read_bytes())
     assert alice.send_file(copy, to="bob").wait(10) == "done"
-    assert link.data_bytes_received == before
+    assert link.data_lane.bytes_received == before
     assert (tmp_path / "inbox" / "bob" / "alice" / "copy.bin").read_bytes() == f.read_bytes()
     assert len(bob.inbox.items) == 3
 
@@ -245,7 +245,7 @@ def _raw_offer(sender, to, name, size, digest, kind="file", url=None):
     tid = uuid.uuid4().hex
 
     async def _go():
-        link = sender._peers[to].link
+        link = sender.mesh.link_to(to)
         proto = sender.sharing._protocol(link)
         proto.offer(tid, kind, name, size, digest, url=url)
         sender.sharing._flush(link, proto)
@@ -258,7 +258,7 @@ def _raw_data(sender, to, tid, offset, payload):
     frame = b"\x01" + uuid.UUID(tid).bytes + offset.to_bytes(8, "big") + payload
 
     async def _go():
-        await sender._peers[to].link.send_data(frame)
+        await sender.mesh.link_to(to).data_lane.send_frame(frame)
 
     sender._engine.run(_go(), 10)
 
@@ -357,7 +357,7 @@ def test_url_schemes_are_refused(pair, url):
     tid = uuid.uuid4().hex
     msg = {"t": "offer", "id": tid, "kind": "url", "name": url, "size": 0, "hash": hash_bytes(url.encode()), "url": url}
     before = len(bob.sharing.violations)
-    assert alice._engine.run(_async(lambda: alice._peers["bob"].link.send(msg)), 5)
+    assert alice._engine.run(_async(lambda: alice.mesh.link_to("bob").send(msg)), 5)
     wait_until(lambda: len(bob.sharing.violations) > before, 10)
     assert bob.sharing.violations[-1]["peer"] == "alice"
     assert len(bob.inbox.items) == 0 and tid not in bob.sharing.transfers
@@ -501,13 +501,13 @@ def test_a_slow_disk_does_not_stall_heartbeats(pair, tmp_path):
     the store's real finalize is wrapped to take 4.5 s, longer than the 3.5 s dead-peer limit."""
     alice, bob = pair
     bob.settings["alice"].files = "accept"
-    real_finalize = bob.sharing.store.finalize
+    real_verify = bob.sharing.store.verify
 
-    def slow_finalize(*args):
+    def slow_verify(*args):
         time.sleep(4.5)
-        return real_finalize(*args)
+        return real_verify(*args)
 
-    bob.sharing.store.finalize = slow_finalize
+    bob.sharing.store.verify = slow_verify
     t = alice.send_file(make_file(tmp_path / "slow-disk.bin", 100_000), to="bob")
     assert t.wait(20) == "done"
     assert alice.peers["bob"].state == "connected"

@@ -1,40 +1,43 @@
-"""PeerLink: one RTCPeerConnection to one remote user, with its data channels.
+"""PeerLink: one RTCPeerConnection to one remote user, and the protocols that run over it.
 
 Two pre-negotiated, reliable, ordered data channels:
-- ``control`` (id 0): JSON text messages — heartbeat, chat, sharing control;
-- ``data`` (id 1): binary frames — file bytes.
+- ``control`` (id 0): JSON objects, each with a string ``"t"`` naming its type;
+- ``data`` (id 1): binary frames, the first lane (:class:`~.lanes.DataChannelLane`).
 
-A heartbeat on the control channel notices a dead peer within a few seconds;
-aiortc's ICE consent alone takes about 30 s.
+Link protocols (heartbeat, SAS, chat, sharing ...) plug in with :meth:`PeerLink.add`;
+each owns the control types and frame types it declares (see :mod:`.linkproto`) and
+the link routes what arrives to its owner. Whatever a peer sends, nothing reaches
+aiortc as an exception: malformed messages are dropped with a logged reason, and a
+handler that raises is logged and the message dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
-from ..protocol.sas import sdp_fingerprint, short_auth_string
+from ..protocol.wire import WireError, dump_control, parse_control
+from .lanes import DataChannelLane, Lane
+from .linkproto import LinkProtocol
 from .loop import spawn
 
 log = logging.getLogger("ivisit_nb.peerlink")
 
-HEARTBEAT_INTERVAL = 0.5
-DEAD_AFTER = 3.5
 CONNECT_TIMEOUT = 30.0
 CLOSE_TIMEOUT = 2.0
-BUFFER_HIGH = 1 << 20
-BUFFER_LOW = 512 * 1024
+MAX_CONTROL_BYTES = 64 * 1024
+CONTROL_RATE = 500.0  # control messages a second a peer may send on average ...
+CONTROL_BURST = 2000.0  # ... and in a burst; beyond that they are dropped
 
 SignalSender = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
-def ice_configuration(ice_servers: list[Any] | None) -> RTCConfiguration:
+def ice_configuration(ice_servers: list[Any] | None, relay_only: bool = False) -> RTCConfiguration:
     """RTCConfiguration from dicts like ``{"urls": "stun:host:3478"}`` or RTCIceServer; none by default."""
     servers = []
     for s in ice_servers or []:
@@ -44,15 +47,16 @@ def ice_configuration(ice_servers: list[Any] | None) -> RTCConfiguration:
             servers.append(RTCIceServer(urls=s))
         else:
             servers.append(RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")))
+    if relay_only:
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy="relay")
     return RTCConfiguration(iceServers=servers)
 
 
 class PeerLink:
     """The WebRTC link to ``remote``. All methods run on the engine loop.
 
-    ``on_state(link)`` is called on every state change; ``on_message(link, msg)``
-    for control messages other than the heartbeat; ``on_data(link, frame)`` for
-    binary frames on the data channel.
+    ``on_state(link)`` is called on every state change: new, connecting, connected,
+    failed, closed (the last two are final; ``reason`` says why).
     """
 
     def __init__(
@@ -65,31 +69,101 @@ class PeerLink:
         send_signal: SignalSender,
         ice_servers: list[Any] | None,
         on_state: Callable[["PeerLink"], None],
-        on_message: Callable[["PeerLink", dict[str, Any]], None],
-        on_data: Callable[["PeerLink", bytes], None],
+        protocols: Iterable[LinkProtocol] = (),
         call_id: str | None = None,
     ) -> None:
         self.local, self.remote = local, remote
         self.initiator, self.kind, self.call_id = initiator, kind, call_id
         self._send_signal = send_signal
-        self._on_state, self._on_message, self._on_data = on_state, on_message, on_data
+        self._on_state = on_state
         self.pc = RTCPeerConnection(ice_configuration(ice_servers))
         self.control = self.pc.createDataChannel("control", negotiated=True, id=0)
-        self.data = self.pc.createDataChannel("data", negotiated=True, id=1)
-        self.data.bufferedAmountLowThreshold = BUFFER_LOW
-        self._drained = asyncio.Event()
-        self._drained.set()
         self.state = "new"
         self.reason = ""
         self.rtt: float | None = None
-        self.sas: str | None = None
+        self.sas: str | None = None  # set by the SAS protocol once both sides agreed on it
         self.created = time.monotonic()
-        self.data_bytes_sent = 0  # binary frames on the data channel, headers included
-        self.data_bytes_received = 0
-        self._last_heard = time.monotonic()
+        self.last_heard = time.monotonic()
+        self.dropped = 0  # messages from the peer dropped as malformed or over the rate
+        self._protocols: list[LinkProtocol] = []
+        self._control_owner: dict[str, LinkProtocol] = {}
+        self._frame_owner: dict[int, LinkProtocol] = {}
+        self._tokens, self._tokens_at = CONTROL_BURST, time.monotonic()
         self._pending_candidates: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        data = self.pc.createDataChannel("data", negotiated=True, id=1)
+        self.lanes: dict[str, Lane] = {"datachannel": DataChannelLane(data, self._route_frame, self.describe)}
+        for proto in protocols:
+            self.add(proto)
         self._wire()
+
+    def __repr__(self) -> str:
+        return f"<PeerLink {self.local}->{self.remote} {self.kind} {self.state}>"
+
+    def describe(self) -> str:
+        """The link's state and reason, for error messages."""
+        return f"the link to {self.remote} is {self.state}" + (f" ({self.reason})" if self.reason else "")
+
+    # -- link protocols ------------------------------------------------------------
+    def add(self, proto: LinkProtocol) -> None:
+        """Plug ``proto`` in: it owns its declared control and frame types on this link."""
+        for t in proto.control_types:
+            if t in self._control_owner:
+                raise ValueError(f"control type {t!r} is already owned by {type(self._control_owner[t]).__name__}")
+        for b in proto.frame_types:
+            if b in self._frame_owner:
+                raise ValueError(f"frame type 0x{b:02x} is already owned by {type(self._frame_owner[b]).__name__}")
+        self._protocols.append(proto)
+        self._control_owner.update(dict.fromkeys(proto.control_types, proto))
+        self._frame_owner.update(dict.fromkeys(proto.frame_types, proto))
+
+    def find(self, kind: type) -> Any:
+        """The plugged-in protocol of type ``kind``, or None."""
+        return next((p for p in self._protocols if isinstance(p, kind)), None)
+
+    def _guarded(self, what: str, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.dropped += 1
+            log.exception("%s from %s failed; dropped", what, self.remote)
+
+    def _take_token(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(CONTROL_BURST, self._tokens + (now - self._tokens_at) * CONTROL_RATE)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    def _route_control(self, message: Any) -> None:
+        self.last_heard = time.monotonic()
+        if not self._take_token():
+            self.dropped += 1
+            if self.dropped % 1000 == 1:
+                log.warning("%s sends control messages faster than %g/s; dropping", self.remote, CONTROL_RATE)
+            return
+        try:
+            msg = parse_control(message, max_bytes=MAX_CONTROL_BYTES)
+        except WireError as exc:
+            self.dropped += 1
+            log.warning("dropped a control message from %s: %s", self.remote, exc)
+            return
+        owner = self._control_owner.get(msg["t"])
+        if owner is None:
+            log.debug("no protocol owns control type %.40r from %s; dropped", msg["t"], self.remote)
+            return
+        self._guarded(f"control message {msg['t']!r:.40}", owner.on_control, self, msg)
+
+    def _route_frame(self, frame: bytes) -> None:
+        self.last_heard = time.monotonic()
+        owner = self._frame_owner.get(frame[0]) if frame else None
+        if owner is None:
+            self.dropped += 1
+            log.warning("dropped a binary frame of unknown type from %s", self.remote)
+            return
+        self._guarded(f"frame 0x{frame[0]:02x}", owner.on_frame, self, frame)
 
     # -- set-up -----------------------------------------------------------------
     def _wire(self) -> None:
@@ -103,60 +177,34 @@ class PeerLink:
 
         @self.control.on("open")
         def _open() -> None:
-            self._last_heard = time.monotonic()
-            self._compute_sas()
+            self.last_heard = time.monotonic()
             self._set_state("connected")
 
         @self.control.on("message")
         def _control(message: Any) -> None:
-            self._last_heard = time.monotonic()
-            if not isinstance(message, str):
-                return
             try:
-                msg = json.loads(message)
-            except ValueError:
-                log.warning("%s sent a control message that is not JSON", self.remote)
-                return
-            if not isinstance(msg, dict):
-                return
-            t = msg.get("t")
-            if t == "ping":
-                self.send({"t": "pong", "ts": msg.get("ts")})
-            elif t == "pong":
-                ts = msg.get("ts")
-                if isinstance(ts, (int, float)):
-                    self.rtt = max(0.0, time.monotonic() - ts)
-            else:
-                self._on_message(self, msg)
-
-        @self.data.on("message")
-        def _data(message: Any) -> None:
-            self._last_heard = time.monotonic()
-            if isinstance(message, bytes):
-                self.data_bytes_received += len(message)
-                self._on_data(self, message)
-
-        @self.data.on("bufferedamountlow")
-        def _low() -> None:
-            self._drained.set()
+                self._route_control(message)
+            except Exception:  # never let a peer's message reach aiortc as an exception
+                self.dropped += 1
+                log.exception("dropped a control message from %s", self.remote)
 
     def _set_state(self, state: str, reason: str = "") -> None:
         if self.state == state or self.state in ("failed", "closed"):
             return  # failed and closed are final
         self.state, self.reason = state, reason
+        if state == "connected":
+            for proto in self._protocols:
+                self._guarded("on_link_up", proto.on_link_up, self)
+        elif state in ("failed", "closed"):
+            for lane in self.lanes.values():
+                lane.close()
+            for proto in self._protocols:
+                self._guarded("on_link_down", proto.on_link_down, self)
         self._on_state(self)
-
-    def _compute_sas(self) -> None:
-        try:
-            local = sdp_fingerprint(self.pc.localDescription.sdp)
-            remote = sdp_fingerprint(self.pc.remoteDescription.sdp)
-        except (AttributeError, ValueError):
-            return
-        self.sas = short_auth_string(*((local, remote) if self.initiator else (remote, local)))
 
     async def start(self) -> None:
         """Begin: the initiator sends an offer; the other side waits for it."""
-        self._tasks.append(spawn(self._watchdog(), f"watchdog {self.remote}"))
+        self._tasks.append(spawn(self._connect_timeout(), f"connect timeout {self.remote}"))
         if self.initiator:
             await self.pc.setLocalDescription(await self.pc.createOffer())
             msg: dict[str, Any] = {"kind": "offer", "sdp": self.pc.localDescription.sdp, "link": self.kind}
@@ -166,22 +214,37 @@ class PeerLink:
                 self._set_state("failed", "could not reach the room server to send the offer")
         self._set_state("connecting")
 
+    async def _connect_timeout(self) -> None:
+        await asyncio.sleep(CONNECT_TIMEOUT)
+        if self.state in ("new", "connecting"):
+            await self.close("failed", f"could not connect to {self.remote} within {CONNECT_TIMEOUT:.0f} s")
+
     async def handle_signal(self, data: dict[str, Any]) -> None:
-        """Apply an offer, answer or trickled ICE candidate from the remote side."""
+        """Apply an offer, answer or trickled ICE candidate from the remote side.
+
+        A malformed one is dropped with a one-line reason; a bad offer or answer fails the link.
+        """
         kind = data.get("kind")
-        if kind == "offer" and not self.initiator:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=str(data["sdp"]), type="offer"))
-            await self._flush_candidates()
-            await self.pc.setLocalDescription(await self.pc.createAnswer())
-            await self._send_signal({"kind": "answer", "sdp": self.pc.localDescription.sdp})
-        elif kind == "answer" and self.initiator:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=str(data["sdp"]), type="answer"))
-            await self._flush_candidates()
-        elif kind == "candidate":
-            if self.pc.remoteDescription is None:
-                self._pending_candidates.append(data)
-            else:
-                await self._add_candidate(data)
+        try:
+            if kind == "offer" and not self.initiator:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=_sdp(data), type="offer"))
+                await self._flush_candidates()
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+                await self._send_signal({"kind": "answer", "sdp": self.pc.localDescription.sdp})
+            elif kind == "answer" and self.initiator:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=_sdp(data), type="answer"))
+                await self._flush_candidates()
+            elif kind == "candidate":
+                if self.pc.remoteDescription is None:
+                    if len(self._pending_candidates) < 100:
+                        self._pending_candidates.append(data)
+                else:
+                    await self._add_candidate(data)
+        except Exception as exc:  # aiortc raises many types on a garbage SDP
+            why = f"{self.remote} sent an unusable {kind}: {type(exc).__name__}: {str(exc)[:120]}"
+            log.warning("%s", why)
+            if kind in ("offer", "answer"):
+                await self.close("failed", why)
 
     async def _flush_candidates(self) -> None:
         pending, self._pending_candidates = self._pending_candidates, []
@@ -192,53 +255,40 @@ class PeerLink:
         line = data.get("candidate")
         if not line:  # end of candidates
             return
-        try:
-            cand = candidate_from_sdp(str(line).removeprefix("candidate:"))
-        except (ValueError, IndexError):
-            log.warning("%s sent an unreadable ICE candidate: %.80s", self.remote, line)
+        if not isinstance(line, str) or len(line) > 1024:
+            log.warning("%s sent an ICE candidate that is not a short string; dropped", self.remote)
             return
-        cand.sdpMid = data.get("sdpMid")
-        cand.sdpMLineIndex = data.get("sdpMLineIndex")
-        await self.pc.addIceCandidate(cand)
-
-    # -- liveness -----------------------------------------------------------------
-    async def _watchdog(self) -> None:
-        while self.state not in ("failed", "closed"):
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
-            now = time.monotonic()
-            if self.state == "connected":
-                self.send({"t": "ping", "ts": now})
-                silent = now - self._last_heard
-                if silent > DEAD_AFTER:
-                    await self.close("failed", f"no heartbeat from {self.remote} for {silent:.1f} s")
-            elif now - self.created > CONNECT_TIMEOUT:
-                await self.close("failed", f"could not connect to {self.remote} within {CONNECT_TIMEOUT:.0f} s")
+        try:
+            cand = candidate_from_sdp(line.removeprefix("candidate:"))
+        except (ValueError, IndexError):
+            log.warning("%s sent an unreadable ICE candidate: %.80r", self.remote, line)
+            return
+        mid, index = data.get("sdpMid"), data.get("sdpMLineIndex")
+        cand.sdpMid = mid if isinstance(mid, str) else None
+        cand.sdpMLineIndex = index if isinstance(index, int) and not isinstance(index, bool) else None
+        try:
+            await self.pc.addIceCandidate(cand)
+        except Exception as exc:
+            log.warning("%s sent an ICE candidate aiortc refused: %s", self.remote, str(exc)[:120])
 
     # -- sending --------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> bool:
         """Send a JSON control message; False if the channel is not open."""
         if self.control.readyState != "open":
             return False
-        self.control.send(json.dumps(msg, separators=(",", ":")))
+        self.control.send(dump_control(msg))
         return True
 
-    async def send_data(self, frame: bytes) -> None:
-        """Send a binary frame, waiting while more than 1 MiB is buffered (flow control)."""
-        if self.data.readyState != "open":
-            raise ConnectionError(f"the link to {self.remote} is {self.state}")
-        while self.data.bufferedAmount > BUFFER_HIGH:
-            self._drained.clear()
-            await self._drained.wait()
-            if self.data.readyState != "open":
-                raise ConnectionError(f"the link to {self.remote} is {self.state}")
-        self.data.send(frame)
-        self.data_bytes_sent += len(frame)
+    @property
+    def data_lane(self) -> DataChannelLane:
+        """The data channel lane (always there)."""
+        return self.lanes["datachannel"]  # type: ignore[return-value]
 
     async def flush(self, timeout: float = 1.0) -> bool:
         """Wait until the peer has acknowledged everything we queued on both channels (True),
         or ``timeout`` s passed (False). Call before closing, so last words get out."""
         deadline = time.monotonic() + timeout
-        while self.control.bufferedAmount or self.data.bufferedAmount or self._sctp_unacked():
+        while self.control.bufferedAmount or self.data_lane.buffered or self._sctp_unacked():
             if self.control.readyState != "open" or time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.01)
@@ -256,7 +306,6 @@ class PeerLink:
     async def close(self, state: str = "closed", reason: str = "") -> None:
         """Close the connection; the state becomes ``state`` (closed or failed)."""
         self._set_state(state, reason)
-        self._drained.set()
         for t in self._tasks:
             if t is not asyncio.current_task():
                 t.cancel()
@@ -266,3 +315,14 @@ class PeerLink:
             await asyncio.wait_for(asyncio.shield(self.pc.close()), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:
             log.debug("closing the link to %s did not finish within %s s", self.remote, CLOSE_TIMEOUT)
+
+    def fail(self, reason: str) -> None:
+        """Fail the link with ``reason`` (for protocols that find it compromised)."""
+        spawn(self.close("failed", reason), f"fail link {self.remote}")
+
+
+def _sdp(data: dict[str, Any]) -> str:
+    sdp = data.get("sdp")
+    if not isinstance(sdp, str) or not sdp.startswith("v=") or len(sdp) > 256 * 1024:
+        raise ValueError("the sdp is not a session description")
+    return sdp
