@@ -110,10 +110,11 @@ def test_wire_format(pair) -> None:
     tid = new_id()
     alice.offer(tid, "file", "a.bin", 3, content_hash(b"abc"))
     [offer] = alice.take_control()
-    assert offer == {"t": "offer", "id": tid, "kind": "file", "name": "a.bin", "size": 3, "hash": content_hash(b"abc")}
+    assert offer == {"t": "offer", "v": 2, "id": tid, "kind": "file", "name": "a.bin", "size": 3,
+                     "hash": content_hash(b"abc"), "lanes": ["datachannel"]}
     bob.receive_control(offer)
     bob.accept(tid)
-    assert bob.take_control() == [{"t": "accept", "id": tid, "offset": 0, "prefix_hash": None}]
+    assert bob.take_control() == [{"t": "accept", "id": tid, "offset": 0, "prefix_hash": None, "lane": "datachannel"}]
     alice.receive_control({"t": "accept", "id": tid, "offset": 0, "prefix_hash": None})
     alice.start_sending(tid, 0)
     alice.send_chunk(tid, 0, b"abc")

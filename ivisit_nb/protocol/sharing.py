@@ -7,8 +7,13 @@ the data channel), call its methods for what the local side decides, and drain
 what it produced with :meth:`~SharingProtocol.take_control`,
 :meth:`~SharingProtocol.take_data` and :meth:`~SharingProtocol.take_events`.
 
+Time enters as ``now`` (seconds on any monotonic clock), in the aioquic style:
+every input takes it, :meth:`~SharingProtocol.get_timer` says when the protocol next
+needs to act, and :meth:`~SharingProtocol.handle_timer` lets it act (a stalled
+transfer fails, an unanswered offer expires). The adapter arms one timer.
+
 Events report what the *peer* did or what the protocol itself decided (a
-violation, a flood refusal, all bytes in). Calls the local side makes
+violation, a flood refusal, all bytes in, a timeout). Calls the local side makes
 (``cancel``, ``refuse`` ...) produce messages for the peer but no event: the
 caller already knows.
 
@@ -33,20 +38,29 @@ from typing import Any
 
 import blake3
 
-from ..sharing.urls import BadURL, check_url
+from .text import clean_line, clean_text
+from .urls import MAX_URL_BYTES, BadURL, check_url
 
+VERSION = 2  # offers carry "v"; version 1 had no "v" and no lanes
 FRAME_DATA = 0x01
 HEADER_LEN = 1 + 16 + 8  # type, transfer id, offset
-CHUNK_SIZE = 16 * 1024  # suggested payload per data frame
-MAX_NAME_CHARS = 4096
+FRAME_PAYLOAD = 64 * 1024 - HEADER_LEN  # payload that fills a 64 KiB frame
+MAX_NAME_CHARS = 4096  # file names; a URL offer's name is the URL (at most MAX_URL_BYTES)
 MAX_REASON_CHARS = 1000  # longer reasons from a peer are cut
 MAX_SIZE = 2**63 - 1
 KINDS = ("file", "url")
-MESSAGE_TYPES = ("offer", "accept", "have", "refuse", "done", "fail", "cancel")
+MESSAGE_TYPES = frozenset({"offer", "accept", "have", "refuse", "done", "fail", "cancel"})
+FRAME_TYPES = frozenset({FRAME_DATA})
+DEFAULT_LANE = "datachannel"  # what a version 1 peer uses, and what every link has
+MAX_LANES = 8
 FINISHED_KEPT = 4096  # ids of finished transfers remembered (to ignore late messages)
+STALL_TIMEOUT = 30.0  # a transfer with no progress for this long fails
+OFFER_TIMEOUT = 120.0  # an offer nobody answers is refused (receiver) ...
+ANSWER_GRACE = 10.0  # ... and given up by the sender this much later
 
 _ID = re.compile(r"[0-9a-f]{32}")
 _HASH = re.compile(r"blake3:[0-9a-f]{64}")
+_LANE = re.compile(r"[a-z][a-z0-9-]{0,19}")
 
 
 def content_hash(data: bytes) -> str:
@@ -86,6 +100,14 @@ class OfferReceived(SharingEvent):
     size: int
     hash: str
     url: str | None
+    lanes: tuple[str, ...] = (DEFAULT_LANE,)
+
+
+@dataclass(frozen=True)
+class OfferExpired(SharingEvent):
+    """Nobody answered the peer's offer within ``offer_timeout``: it was refused ("no answer")."""
+
+    transfer_id: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,7 @@ class OfferAccepted(SharingEvent):
     transfer_id: str
     offset: int
     prefix_hash: str | None
+    lane: str = DEFAULT_LANE
 
 
 @dataclass(frozen=True)
@@ -169,8 +192,9 @@ class ProtocolViolation(SharingEvent):
 # -- state ------------------------------------------------------------------------
 
 # Sender:   offered -> accepted -> sending -> done | had | refused | failed | cancelled
-# Receiver: offered -> accepted -> received -> done | had | refused | failed | cancelled
-LIVE_STATES = ("offered", "accepted", "sending", "received")
+# Receiver: offered -> accepted -> received -> sealed -> done | had | refused | failed | cancelled
+# "sealed": the content verified and is being placed; bytes beyond it no longer fail it.
+LIVE_STATES = ("offered", "accepted", "sending", "received", "sealed")
 
 
 @dataclass
@@ -182,7 +206,9 @@ class _Transfer:
     size: int
     hash: str
     url: str | None
+    lanes: tuple[str, ...] = (DEFAULT_LANE,)
     state: str = "offered"
+    active_at: float = 0.0  # last sign of progress, on the protocol's clock
     accepted_offset: int = 0  # the offset in the accept
     next_offset: int = 0  # sender: next byte to send; receiver: next byte expected
     got_data: bool = False  # receiver: a frame arrived since the accept
@@ -196,25 +222,42 @@ class _Malformed(Exception):
     """Internal: a field of a peer's message is wrong (the message says which)."""
 
 
-def _check_offer_fields(msg: dict[str, Any]) -> tuple[str, str, int, str, str | None]:
-    """``(kind, name, size, hash, url)`` of an offer, or raise :class:`_Malformed`."""
+def _check_lanes(value: Any) -> tuple[str, ...]:
+    if value is None:  # a version 1 peer
+        return (DEFAULT_LANE,)
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LANES:
+        raise _Malformed(f"offer lanes must be a list of 1 to {MAX_LANES} lane names")
+    if not all(isinstance(v, str) and _LANE.fullmatch(v) for v in value):
+        raise _Malformed("lane names are 1 to 20 lowercase letters, digits or '-'")
+    return tuple(dict.fromkeys(value))
+
+
+def _check_offer_fields(msg: dict[str, Any]) -> tuple[str, str, int, str, str | None, tuple[str, ...]]:
+    """``(kind, name, size, hash, url, lanes)`` of an offer, or raise :class:`_Malformed`.
+
+    File names are cleaned (:func:`~.text.clean_line`), so what the peer sends can be
+    stored, logged and shown whatever it contains.
+    """
     kind, name, size, hash_, url = (msg.get(k) for k in ("kind", "name", "size", "hash", "url"))
     if kind not in KINDS:
         raise _Malformed(f"offer kind must be 'file' or 'url', not {kind!r:.40}")
     if not isinstance(name, str):
         raise _Malformed("offer name must be a string")
-    if len(name) > MAX_NAME_CHARS:
-        raise _Malformed(f"offer name is {len(name)} characters long; at most {MAX_NAME_CHARS} allowed")
     if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise _Malformed(f"offer size must be an integer from 0 to {MAX_SIZE}, not {size!r:.40}")
     if not is_content_hash(hash_):
         raise _Malformed("offer hash must be 'blake3:' followed by 64 lowercase hex digits")
+    lanes = _check_lanes(msg.get("lanes"))
     if kind == "file":
+        if len(name) > MAX_NAME_CHARS:
+            raise _Malformed(f"offer name is {len(name)} characters long; at most {MAX_NAME_CHARS} allowed")
         if url is not None:
             raise _Malformed("a file offer must not carry a url")
-        return kind, name, size, hash_, None
+        return kind, clean_line(name, MAX_NAME_CHARS) or "unnamed", size, hash_, None, lanes
     if not isinstance(url, str):
         raise _Malformed("a url offer must carry the url as a string")
+    if clean_line(url, MAX_URL_BYTES) != url:
+        raise _Malformed("the url contains characters that are not allowed in a URL")
     try:
         check_url(url)
     except BadURL as exc:
@@ -225,14 +268,14 @@ def _check_offer_fields(msg: dict[str, Any]) -> tuple[str, str, int, str, str | 
         raise _Malformed("a url offer's name must be the url itself")
     if content_hash(url.encode("utf-8")) != hash_:
         raise _Malformed("a url offer's hash is not the blake3 of the url")
-    return kind, name, size, hash_, url
+    return kind, name, size, hash_, url, lanes
 
 
 def _reason_of(msg: dict[str, Any]) -> str:
     reason = msg.get("reason")
     if not isinstance(reason, str):
         raise _Malformed(f"{msg.get('t')} needs a string 'reason'")
-    return reason[:MAX_REASON_CHARS]
+    return clean_text(reason, MAX_REASON_CHARS)
 
 
 class SharingProtocol:
@@ -241,14 +284,34 @@ class SharingProtocol:
     ``local`` and ``remote`` are the two user names (used in reasons and
     :meth:`__repr__`). At most ``max_pending_offers`` offers from the peer wait
     for a decision; more are refused automatically (see :class:`OfferFlooded`).
+    ``lanes`` are the lanes this side can carry frames on, best first.
+
+    Timeouts (seconds on the clock that ``now`` arguments use): a transfer that
+    makes no progress for ``stall_timeout`` fails; an offer from the peer that
+    nobody answers within ``offer_timeout`` is refused; our own offer that the peer
+    leaves unanswered is given up ``answer_grace`` after that.
     """
 
-    def __init__(self, local: str, remote: str, *, max_pending_offers: int = 20) -> None:
+    def __init__(
+        self,
+        local: str,
+        remote: str,
+        *,
+        max_pending_offers: int = 20,
+        lanes: tuple[str, ...] = (DEFAULT_LANE,),
+        stall_timeout: float = STALL_TIMEOUT,
+        offer_timeout: float = OFFER_TIMEOUT,
+        answer_grace: float = ANSWER_GRACE,
+        now: float = 0.0,
+    ) -> None:
         if max_pending_offers < 1:
             raise ValueError(f"max_pending_offers must be at least 1, not {max_pending_offers}")
         self.local = local
         self.remote = remote
         self.max_pending_offers = max_pending_offers
+        self.lanes = tuple(lanes)
+        self.stall_timeout, self.offer_timeout, self.answer_grace = stall_timeout, offer_timeout, answer_grace
+        self._now = now
         self._transfers: dict[str, _Transfer] = {}
         self._pending: set[str] = set()  # offers from the peer waiting for our decision
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest first, for pruning
@@ -292,6 +355,48 @@ class SharingProtocol:
     def live_transfers(self) -> list[str]:
         """Ids of transfers not yet finished, either direction."""
         return [t.id for t in self._transfers.values() if t.live]
+
+    # -- time ------------------------------------------------------------------------
+
+    def _tick(self, now: float | None) -> float:
+        if now is not None:
+            self._now = now
+        return self._now
+
+    def _deadline(self, t: _Transfer) -> float | None:
+        if t.state == "offered":
+            wait = self.offer_timeout if t.role == "receive" else self.offer_timeout + self.answer_grace
+            return t.active_at + wait
+        if t.role == "receive" and t.state in ("received", "sealed"):
+            return None  # our own verifying and placing, not the peer's silence
+        return t.active_at + self.stall_timeout
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next be called, or None if nothing waits."""
+        deadlines = [d for t in self._transfers.values() if t.live and (d := self._deadline(t)) is not None]
+        return min(deadlines, default=None)
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline up to ``now``: stalled transfers fail, unanswered offers expire."""
+        self._tick(now)
+        for t in list(self._transfers.values()):
+            deadline = self._deadline(t) if t.live else None
+            if deadline is None or deadline > now:
+                continue
+            if t.state == "offered" and t.role == "receive":
+                self._send("refuse", t.id, reason=f"{self.local} did not answer within {self.offer_timeout:g} s")
+                self._finish(t, "refused")
+                self._events.append(OfferExpired(t.id))
+            elif t.state == "offered":
+                reason = f"{self.remote} did not answer the offer"
+                self._send("cancel", t.id, reason=reason)
+                self._finish(t, "failed")
+                self._events.append(TransferFailed(t.id, reason, by_peer=False))
+            else:
+                reason = f"no progress from {self.remote} for {now - t.active_at:.0f} s"
+                self._send("fail", t.id, reason=reason)
+                self._finish(t, "failed")
+                self._events.append(TransferFailed(t.id, reason, by_peer=False))
 
     # -- internals ---------------------------------------------------------------
 
@@ -346,27 +451,34 @@ class SharingProtocol:
         size: int,
         hash: str,
         url: str | None = None,
+        *,
+        lanes: tuple[str, ...] | None = None,
+        now: float | None = None,
     ) -> None:
         """Offer a file (``kind="file"``) or URL (``kind="url"``, ``size=0``,
-        ``name=url``, ``hash`` = blake3 of the URL) to the peer."""
+        ``name=url``, ``hash`` = blake3 of the URL) to the peer, to be carried on
+        one of ``lanes`` (default: all of this side's lanes)."""
         if not is_transfer_id(transfer_id):
             raise ValueError(f"transfer id must be 32 lowercase hex digits (uuid4().hex), not {transfer_id!r}")
         if transfer_id in self._transfers:
             raise ValueError(f"transfer id {transfer_id} is already used; make a new one with uuid4().hex")
-        msg = {"t": "offer", "id": transfer_id, "kind": kind, "name": name, "size": size, "hash": hash}
+        msg: dict[str, Any] = {"t": "offer", "v": VERSION, "id": transfer_id, "kind": kind, "name": name,
+                               "size": size, "hash": hash, "lanes": list(lanes or self.lanes)}
         if url is not None:
             msg["url"] = url
         try:
             fields = _check_offer_fields(msg)
         except _Malformed as exc:
             raise ValueError(f"cannot offer this: {exc}") from None
-        self._transfers[transfer_id] = _Transfer(transfer_id, "send", *fields)
+        msg["name"] = fields[1]  # a file name is sent as a peer will show it
+        self._transfers[transfer_id] = _Transfer(transfer_id, "send", *fields, active_at=self._tick(now))
         self._control_out.append(msg)
 
-    def start_sending(self, transfer_id: str, offset: int) -> None:
+    def start_sending(self, transfer_id: str, offset: int, *, now: float | None = None) -> None:
         """After :class:`OfferAccepted`: send from ``offset``, which is the accepted
         offset (prefix hash matched) or 0 (it did not). Then call :meth:`send_chunk`."""
         t = self._get(transfer_id, "send")
+        t.active_at = self._tick(now)
         if not self._expect_state(t, "accepted", action="start sending"):
             return
         if offset not in (0, t.accepted_offset):
@@ -374,7 +486,7 @@ class SharingProtocol:
         t.next_offset = offset
         t.state = "sending"
 
-    def send_chunk(self, transfer_id: str, offset: int, data: bytes) -> bool:
+    def send_chunk(self, transfer_id: str, offset: int, data: bytes, *, now: float | None = None) -> bool:
         """Frame ``data`` (bytes at ``offset``, contiguous) for the data channel.
 
         Returns False, sending nothing, if the transfer has ended meanwhile
@@ -391,16 +503,30 @@ class SharingProtocol:
             raise ValueError(f"chunk ends at byte {offset + len(data)}, beyond the offered size {t.size}")
         self._data_out.append(bytes([FRAME_DATA]) + bytes.fromhex(t.id) + offset.to_bytes(8, "big") + bytes(data))
         t.next_offset = offset + len(data)
+        t.active_at = self._tick(now)
         return True
 
     # -- receiver ----------------------------------------------------------------
 
-    def accept(self, transfer_id: str, offset: int = 0, prefix_hash: str | None = None) -> None:
+    def accept(
+        self,
+        transfer_id: str,
+        offset: int = 0,
+        prefix_hash: str | None = None,
+        *,
+        lane: str | None = None,
+        now: float | None = None,
+    ) -> None:
         """Accept an offer. To resume, ``offset`` is how many bytes we already hold
-        and ``prefix_hash`` their blake3; the sender sends from there or from 0."""
+        and ``prefix_hash`` their blake3; the sender sends from there or from 0.
+        ``lane`` is one of the offer's lanes (default: the first one both sides have)."""
         t = self._get(transfer_id, "receive")
         if not self._expect_state(t, "offered", action="accept"):
             return
+        if lane is None:
+            lane = self.choose_lane(t.lanes)
+        elif lane not in t.lanes:
+            raise ValueError(f"lane {lane!r} was not offered; the offer allows {list(t.lanes)}")
         if offset == 0:
             if prefix_hash is not None:
                 raise ValueError("prefix_hash must be None when accepting from offset 0")
@@ -409,8 +535,9 @@ class SharingProtocol:
                 raise ValueError(f"resume offset must be from 0 to {t.size - 1} (below the size), not {offset}")
             if not is_content_hash(prefix_hash):
                 raise ValueError("resuming needs prefix_hash, 'blake3:' and 64 hex digits, of the bytes held")
-        self._send("accept", t.id, offset=offset, prefix_hash=prefix_hash)
+        self._send("accept", t.id, offset=offset, prefix_hash=prefix_hash, lane=lane)
         t.state = "accepted"
+        t.active_at = self._tick(now)
         self._pending.discard(t.id)
         t.accepted_offset = t.next_offset = offset
         if t.size == 0:
@@ -431,10 +558,24 @@ class SharingProtocol:
             self._send("refuse", t.id, reason=reason)
             self._finish(t, "refused")
 
+    def choose_lane(self, offered: tuple[str, ...]) -> str:
+        """The first of this side's lanes that ``offered`` has too (the data channel at worst)."""
+        return next((lane for lane in self.lanes if lane in offered), DEFAULT_LANE)
+
+    def seal(self, transfer_id: str) -> bool:
+        """After :class:`AllBytesReceived` and a good hash, before placing the file: from now on
+        bytes beyond the declared size are ignored instead of failing the transfer.
+        False if the transfer already ended (then place nothing)."""
+        t = self._get(transfer_id, "receive")
+        if not self._expect_state(t, "received", action="seal"):
+            return False
+        t.state = "sealed"
+        return True
+
     def complete(self, transfer_id: str) -> None:
         """After :class:`AllBytesReceived` and a good hash: tell the peer we are done."""
         t = self._get(transfer_id, "receive")
-        if self._expect_state(t, "received", action="complete"):
+        if self._expect_state(t, "received", "sealed", action="complete"):
             self._send("done", t.id)
             self._finish(t, "done")
 
@@ -463,13 +604,14 @@ class SharingProtocol:
 
     # -- input: control ------------------------------------------------------------
 
-    def receive_control(self, msg: Any) -> None:
+    def receive_control(self, msg: Any, now: float | None = None) -> None:
         """Handle one JSON object from the peer's control channel. Never raises."""
+        self._tick(now)
         if not isinstance(msg, dict):
             self._violation(f"control message is not a JSON object but {type(msg).__name__}")
             return
         kind = msg.get("t")
-        if kind not in MESSAGE_TYPES:
+        if not isinstance(kind, str) or kind not in MESSAGE_TYPES:
             self._violation(f"unknown control message type {kind!r:.40}")
             return
         transfer_id = msg.get("id")
@@ -503,7 +645,7 @@ class SharingProtocol:
             self._violation(f"duplicate offer id {transfer_id}")
             return
         try:
-            kind, name, size, hash_, url = _check_offer_fields(msg)
+            kind, name, size, hash_, url, lanes = _check_offer_fields(msg)
         except _Malformed as exc:
             reason = f"malformed offer: {exc}"
             self._transfers[transfer_id] = t = _Transfer(transfer_id, "receive", "file", "", 0, "", None)
@@ -511,7 +653,7 @@ class SharingProtocol:
             self._send("refuse", transfer_id, reason=reason)
             self._violation(reason)
             return
-        t = _Transfer(transfer_id, "receive", kind, name, size, hash_, url)
+        t = _Transfer(transfer_id, "receive", kind, name, size, hash_, url, lanes, active_at=self._now)
         if self.pending_offers >= self.max_pending_offers:
             self._transfers[transfer_id] = t
             self._finish(t, "refused")
@@ -520,7 +662,7 @@ class SharingProtocol:
             return
         self._transfers[transfer_id] = t
         self._pending.add(transfer_id)
-        self._events.append(OfferReceived(transfer_id, kind, name, size, hash_, url))
+        self._events.append(OfferReceived(transfer_id, kind, name, size, hash_, url, lanes))
 
     def _on_answer(self, t: _Transfer, kind: str, msg: dict[str, Any]) -> None:
         """accept, have, refuse or done from the receiver of our offer ``t``."""
@@ -547,9 +689,13 @@ class SharingProtocol:
                 raise _Malformed(f"accept offset {offset} is outside 0..{t.size - 1}")
             elif not is_content_hash(prefix_hash):
                 raise _Malformed("accept with an offset needs prefix_hash 'blake3:<64 hex>'")
+            lane = msg.get("lane", DEFAULT_LANE)
+            if lane not in t.lanes:
+                raise _Malformed(f"accept on lane {lane!r:.40}, which was not offered")
             t.state = "accepted"
             t.accepted_offset = offset
-            self._events.append(OfferAccepted(t.id, offset, prefix_hash))
+            t.active_at = self._now
+            self._events.append(OfferAccepted(t.id, offset, prefix_hash, lane))
         else:  # done
             all_sent = t.state == "sending" and t.next_offset == t.size
             if not (all_sent or (t.state == "accepted" and t.size == 0)):
@@ -559,8 +705,9 @@ class SharingProtocol:
 
     # -- input: data ----------------------------------------------------------------
 
-    def receive_data(self, frame: Any) -> None:
+    def receive_data(self, frame: Any, now: float | None = None) -> None:
         """Handle one binary frame from the peer's data channel. Never raises."""
+        self._tick(now)
         if not isinstance(frame, (bytes, bytearray, memoryview)):
             self._violation(f"data frame is not bytes but {type(frame).__name__}")
             return
@@ -587,6 +734,9 @@ class SharingProtocol:
             self._violation(f"data for transfer {t.id} before it was accepted", t)
             return
         end = offset + len(payload)
+        if t.state == "sealed":
+            self._events.append(ProtocolViolation(f"transfer {t.id}: bytes beyond its declared size {t.size}; ignored"))
+            return
         if t.state == "received" or end > t.size:
             self._violation(
                 f"transfer {t.id}: bytes up to {end} but the offer declared {t.size}",
@@ -600,6 +750,7 @@ class SharingProtocol:
             self._violation(f"transfer {t.id}: data at offset {offset}, expected {t.next_offset}", t)
             return
         t.got_data = True
+        t.active_at = self._now
         if not payload:
             return
         t.next_offset = end
