@@ -85,8 +85,11 @@ class CallEnded(Event):
 
 @dataclass(frozen=True)
 class ServerError(Event):
+    """The room server refused something; ``fatal``: it refused us for good (no more reconnects)."""
+
     code: str
     message: str
+    fatal: bool = False
 
 
 @dataclass(frozen=True)

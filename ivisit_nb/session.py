@@ -1,89 +1,49 @@
 """Session: one user on a room server, linked to the others over WebRTC.
 
-Everything network-facing runs on the session's own engine thread (see
-:mod:`ivisit_nb.engine.loop`). Public methods are safe to call from any thread
-and return plain values or :class:`~ivisit_nb.engine.loop.Handle` objects that
-can be ``.wait()``-ed or awaited.
+The public facade. The work is done by one module per concept, all on the session's
+own engine thread (:mod:`ivisit_nb.engine.loop`):
+
+- :mod:`ivisit_nb.mesh`: room presence and one :class:`~ivisit_nb.engine.peerlink.PeerLink` per peer;
+- :mod:`ivisit_nb.calls`: 1:1 calls; :mod:`ivisit_nb.chat`: chat;
+- :mod:`ivisit_nb.sharing.service`: files and URLs;
+- per link, :mod:`ivisit_nb.engine.heartbeat` and :mod:`ivisit_nb.engine.sas`.
+
+Public methods are safe to call from any thread and return plain values or
+:class:`~ivisit_nb.engine.loop.Handle` objects that can be ``.wait()``-ed or awaited.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
-import threading
-import time
-import uuid
+import unicodedata
 from pathlib import Path
 from typing import Any, Callable
 
-import pandas as pd
-
 from . import events as ev
+from .calls import SIGNAL_KINDS as CALL_SIGNALS
+from .calls import Call, Calls
+from .chat import COLUMNS as CHAT_COLUMNS
+from .chat import Chat
 from .consent import Request
-from .engine.loop import EngineLoop, Handle, spawn
-from .engine.peerlink import PeerLink
+from .engine.heartbeat import Heartbeat
+from .engine.linkproto import LinkProtocol
+from .engine.loop import EngineLoop, Handle
+from .engine.sas import SasProtocol
+from .listeners import Listeners
+from .mesh import Mesh, Peer
+from .protocol.urls import check_url
 from .room.client import RoomClient
 from .settings import Settings, default_config_dir
 from .sharing.inbox import Inbox
-from .sharing.policy import Policy
-from .sharing.transfers import LOG_COLUMNS, RoomTransfer, Transfer
-from .sharing.urls import check_url
 from .sharing.names import safe_user_dir
-from .sharing.service import CONTROL_TYPES, Sharing
+from .sharing.policy import Policy
+from .sharing.service import Sharing, SharingHost
+from .sharing.transfers import LOG_COLUMNS, RoomTransfer, Transfer
 
 log = logging.getLogger("ivisit_nb.session")
 
-MESH_RETRY = 3.0
-MAX_CHAT = 16 * 1024
-
-
-class Peer:
-    """What we know about another user: link ``state``, ``rtt`` (s) and ``sas``.
-
-    ``state`` uses aiortc's words: new, connecting, connected, failed, closed.
-    ``sas`` is the short authentication string: compare it aloud with the other
-    user; if it differs, someone is in the middle of your connection.
-    """
-
-    def __init__(self, name: str, member: bool) -> None:
-        self.name = name
-        self.member = member
-        self.link: PeerLink | None = None
-
-    @property
-    def state(self) -> str:
-        return self.link.state if self.link else "new"
-
-    @property
-    def reason(self) -> str:
-        return self.link.reason if self.link else ""
-
-    @property
-    def rtt(self) -> float | None:
-        return self.link.rtt if self.link else None
-
-    @property
-    def sas(self) -> str | None:
-        return self.link.sas if self.link else None
-
-    def __repr__(self) -> str:
-        rtt = f"{self.rtt * 1000:.1f} ms" if self.rtt is not None else "-"
-        return f"<Peer {self.name} {self.state} rtt={rtt} sas={self.sas}>"
-
-
-class Call(Handle[str]):
-    """A 1:1 call in progress. ``status``: ringing, connected, refused, no answer, failed."""
-
-    def __init__(self, user: str, future: Any) -> None:
-        super().__init__(future)
-        self.user = user
-        self.call_id = uuid.uuid4().hex
-        self.status = "ringing"
-        self.reason = ""
-
-    def __repr__(self) -> str:
-        return f"<Call to {self.user}: {self.status}{' - ' + self.reason if self.reason else ''}>"
+__all__ = ["Session", "Peer", "Call"]
 
 
 class Session:
@@ -108,35 +68,60 @@ class Session:
     ) -> None:
         if not isinstance(user, str) or not user.strip():
             raise ValueError("user must be a non-empty name")
+        user = unicodedata.normalize("NFC", user)  # the form the room server uses
         self.url, self.user, self.room = url, user, room
-        self.ice_servers = ice_servers
-        self.call_timeout = call_timeout
         self.config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
         self.inbox_dir = Path(inbox) if inbox is not None else Path("inbox") / safe_user_dir(user)
         self.settings = Settings(self.config_dir / safe_user_dir(user) / "settings.json")
+        self.connected = False
+        self.refused: str | None = None  # why the room server refused us for good, if it did
+        self._closed = False
+        self._events: Listeners[Callable[[ev.Event], None]] = Listeners("session event")
         self._engine = EngineLoop(name=f"ivisit-engine-{user}", use_uvloop=use_uvloop)
         self._client = RoomClient(url, user, room, self._on_server, token=token)
-        self._members: set[str] = set()
-        self._peers: dict[str, Peer] = {}
-        self._allowed_calls: dict[str, str] = {}  # user -> call id we accepted
-        self._hung_up: set[str] = set()
-        self._last_attempt: dict[str, float] = {}
-        self._calls: dict[str, tuple[Call, Any]] = {}
-        self._requests: list[Request] = []
-        self._messages: list[dict[str, Any]] = []
-        self._subscribers: list[Callable[[ev.Event], None]] = []
-        self._lock = threading.RLock()
-        self._changed: asyncio.Event | None = None
-        self._closed = False
-        self.connected = False
+        self.chat = Chat(user, self.settings, self._emit)
         self.sharing = Sharing(
-            self,
+            SharingHost(user, self.settings, self._emit, self._link_to, self._member_names, self._call_soon),
             self.inbox_dir,
             max_size=max_size,
             offer_timeout=offer_timeout,
             max_pending_offers=max_pending_offers,
             stall_timeout=stall_timeout,
         )
+        self.mesh = Mesh(
+            user,
+            self._client,
+            ice_servers=ice_servers,
+            emit=self._emit,
+            link_protocols=self._link_protocols,
+            may_link=lambda sender, offer: self.calls.may_link(sender, offer),
+        )
+        self.calls = Calls(
+            user, self._client, self.settings, self.mesh,
+            emit=self._emit, call_soon=self._call_soon, call_timeout=call_timeout,
+        )
+
+    def _link_protocols(self, name: str) -> list[LinkProtocol]:
+        return [Heartbeat(), SasProtocol(on_ready=self._on_sas, on_failure=self._on_sas_failure), self.chat, self.sharing]
+
+    def _on_sas(self, link: Any) -> None:
+        self._emit(ev.PeerStateChanged(user=link.remote, state=link.state, reason=link.reason))
+
+    def _on_sas_failure(self, link: Any, reason: str) -> None:
+        link.fail(reason)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            self._engine.call_soon(fn, *args)
+        except RuntimeError:  # the session has left and its loop is closed
+            log.debug("dropped %s: the session has left", getattr(fn, "__name__", fn))
+
+    def _link_to(self, name: str) -> Any:
+        return self.mesh.link_to(name)
+
+    def _member_names(self) -> list[str]:
+        with self.mesh.lock:
+            return sorted(name for name, p in self.mesh.peers.items() if p.member)
 
     # -- joining and leaving ----------------------------------------------------
     @classmethod
@@ -151,6 +136,7 @@ class Session:
         try:
             session._engine.run(session._start(), timeout)
         except BaseException:
+            session.sharing.close()
             session._engine.stop()
             raise
         return session
@@ -161,13 +147,12 @@ class Session:
         return await asyncio.get_running_loop().run_in_executor(None, lambda: cls.join(url, user, room, **kwargs))
 
     async def _start(self) -> None:
-        self._changed = asyncio.Event()
+        self.mesh.start()
         try:
             welcome = await self._client.connect()
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionError(f"cannot reach the room server at {self.url}: {exc}") from None
         await self._on_server(welcome)
-        spawn(self._maintain_mesh(), f"mesh {self.user}")
 
     def leave(self) -> None:
         """Close every link, leave the server and stop the engine thread. Idempotent."""
@@ -180,16 +165,16 @@ class Session:
             except Exception:
                 log.debug("shutdown", exc_info=True)
             self._engine.stop()
+        self.sharing.close()
 
     async def _shutdown(self) -> None:
-        for call, _ in list(self._calls.values()):
-            self._end_call(call.user, "failed", "the session left")
-        for name in list(self._peers):
+        self.calls.end_all("the session left")
+        for name in list(self.mesh.peers):
             self.sharing.cancel_with(name, f"{self.user} left")  # peers learn why, not just "link lost"
-        links = [p.link for p in self._peers.values() if p.link and p.link.state == "connected"]
+        links = [p.link for p in self.mesh.peers.values() if p.link and p.link.state == "connected"]
         await asyncio.gather(*(link.flush() for link in links))
         await self._client.close()
-        await asyncio.gather(*(p.link.close() for p in self._peers.values() if p.link), return_exceptions=True)
+        await self.mesh.close()
 
     def __enter__(self) -> "Session":
         return self
@@ -198,7 +183,12 @@ class Session:
         self.leave()
 
     def __repr__(self) -> str:
-        return f"<Session {self.user} in {self.room or 'no room'}: {len(self._peers)} peers>"
+        return f"<Session {self.user} in {self.room or 'no room'}: {len(self.mesh.peers)} peers>"
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`leave` was called."""
+        return self._closed
 
     def ui(self) -> Any:
         """The notebook panel for this session: roster, offers, progress and the Sharing viewer.
@@ -206,371 +196,144 @@ class Session:
         See :mod:`ivisit_nb.widgets`; needs ipywidgets (and the ivisit-nb JupyterLab
         extension for drag and drop and notifications).
         """
-        from .widgets import Panel
+        import importlib
 
-        return Panel(self)
+        return importlib.import_module("ivisit_nb.widgets").Panel(self)
 
     # -- events ------------------------------------------------------------------
     def on(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every event (on the engine thread). Returns an unsubscribe function."""
-        self._subscribers.append(callback)
-        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+        return self._events.add(callback)
 
     def _emit(self, event: ev.Event) -> None:
-        for cb in list(self._subscribers):
-            try:
-                cb(event)
-            except Exception:
-                log.exception("event subscriber failed on %s", type(event).__name__)
-        if self._changed is not None:
-            self._changed.set()
-
-    # -- what you can see -----------------------------------------------------------
-    @property
-    def peers(self) -> dict[str, Peer]:
-        """Other users we are (or try to be) linked with, by name."""
-        with self._lock:
-            return dict(self._peers)
-
-    @property
-    def members(self) -> list[str]:
-        """The other members of our room, as the room server reports them."""
-        with self._lock:
-            return sorted(self._members)
-
-    @property
-    def pending_calls(self) -> list[Request]:
-        """Calls waiting for accept()/refuse()."""
-        return [r for r in self._requests if r.kind == "call" and r.pending]
-
-    @property
-    def pending_messages(self) -> list[Request]:
-        """Chat messages held because ``messages`` is ``ask`` for their sender."""
-        return [r for r in self._requests if r.kind == "message" and r.pending]
-
-    @property
-    def messages(self) -> pd.DataFrame:
-        """Chat log: time, sender, to, text, decision (sent / accept / refuse / ask)."""
-        with self._lock:
-            return pd.DataFrame(self._messages, columns=["time", "sender", "to", "text", "decision"])
-
-    def wait_for_peers(self, users: list[str] | None = None, timeout: float = 30.0) -> Handle[dict[str, Peer]]:
-        """A handle that completes when ``users`` (default: every room member) are connected."""
-
-        async def _wait() -> dict[str, Peer]:
-            assert self._changed is not None
-            deadline = time.monotonic() + timeout
-            while True:
-                want = set(users) if users is not None else set(self._members)
-                peers = self._peers
-                if all(u in peers and peers[u].state == "connected" for u in want):
-                    return {u: peers[u] for u in want}
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    states = {u: (peers[u].state if u in peers else "absent") for u in want}
-                    raise TimeoutError(f"peers not connected after {timeout} s: {states}")
-                self._changed.clear()
-                try:
-                    await asyncio.wait_for(self._changed.wait(), min(left, 0.5))
-                except asyncio.TimeoutError:
-                    pass
-
-        return self._engine.submit(_wait())
+        self._events(event)
+        self.mesh.changed()
 
     # -- room server messages ---------------------------------------------------------
     async def _on_server(self, msg: dict[str, Any]) -> None:
         t = msg.get("type")
         if t == "welcome":
             self.connected = True
-            with self._lock:
-                self._members = {m for m in msg.get("members", []) if isinstance(m, str)}
-                for name in self._members:
-                    self._peer(name).member = True
-                gone = [n for n, p in self._peers.items() if p.member and n not in self._members]
-            for name in gone:  # left while we were away; never await while holding the lock
-                await self._drop_member(name)
-            self._emit(ev.Connected(room=self.room, members=tuple(sorted(self._members))))
-            await self._form_mesh()
+            members = [m for m in msg.get("members", []) if isinstance(m, str)]
+            await self.mesh.on_welcome(members)
+            self._emit(ev.Connected(room=self.room, members=tuple(sorted(members))))
         elif t == "joined":
             user = msg.get("user")
             if isinstance(user, str) and user != self.user:
-                with self._lock:
-                    self._members.add(user)
-                    self._peer(user).member = True
-                    self._hung_up.discard(user)
+                await self.mesh.on_joined(user)
                 self._emit(ev.MemberJoined(user=user, room=msg.get("room")))
-                await self._form_mesh()
         elif t == "left":
             user = msg.get("user")
             if isinstance(user, str):
-                await self._drop_member(user)
+                await self.mesh.drop_member(user)
                 self._emit(ev.MemberLeft(user=user, room=msg.get("room")))
+        elif t == "pong":
+            self.mesh.on_pong()
         elif t == "signal":
             sender, data = msg.get("from"), msg.get("data")
             if isinstance(sender, str) and isinstance(data, dict):
-                await self._on_signal(sender, data)
+                if data.get("kind") in CALL_SIGNALS:
+                    await self.calls.on_signal(sender, data)
+                else:
+                    await self.mesh.on_signal(sender, data)
         elif t == "error":
             code, text = str(msg.get("code")), str(msg.get("message"))
             log.warning("room server: %s [%s]", text, code)
             if code == "no-such-user":
                 target = msg.get("to") or msg.get("user")
-                if isinstance(target, str) and target in self._calls:
-                    self._end_call(target, "failed", f"{target} is not connected to this server")
+                if isinstance(target, str) and self.calls.ringing(target):
+                    self.calls.end(target, "failed", f"{target} is not connected to this server")
             self._emit(ev.ServerError(code=code, message=text))
+        elif t == "refused":  # a fatal refusal on reconnect: the client stopped trying
+            code, text = str(msg.get("code")), str(msg.get("message"))
+            self.connected = False
+            self.refused = f"{text} [{code}]"
+            log.error("the room server refused %s for good: %s", self.user, self.refused)
+            self._emit(ev.ServerError(code=code, message=text, fatal=True))
         elif t == "disconnected":
             self.connected = False
             self._emit(ev.Disconnected(reason=str(msg.get("reason"))))
 
-    def _peer(self, name: str, member: bool = False) -> Peer:
-        peer = self._peers.get(name)
-        if peer is None:
-            peer = self._peers[name] = Peer(name, member)
-        return peer
+    # -- who is there -----------------------------------------------------------------
+    @property
+    def peers(self) -> dict[str, Peer]:
+        """Other users we are (or try to be) linked with, by name."""
+        with self.mesh.lock:
+            return dict(self.mesh.peers)
 
-    async def _drop_member(self, user: str) -> None:
-        with self._lock:
-            self._members.discard(user)
-            peer = self._peers.pop(user, None)
-        if peer and peer.link:
-            await peer.link.close("closed", f"{user} left")
+    @property
+    def members(self) -> list[str]:
+        """The other members of our room, as the room server reports them."""
+        with self.mesh.lock:
+            return sorted(self.mesh.members)
 
-    # -- the mesh -------------------------------------------------------------------------
-    async def _form_mesh(self) -> None:
-        """Start a link to every room member we should offer to and have no live link with.
+    def wait_for_peers(self, users: list[str] | None = None, timeout: float = 30.0) -> Handle[dict[str, Peer]]:
+        """A handle that completes when ``users`` are connected (and their SAS agreed, given a few seconds).
 
-        The user whose name sorts first makes the offer, so no two offers cross.
+        With ``users=None`` it waits for every room member: everyone the room server had
+        let in when this was called (one round trip makes sure we heard of them), and
+        anyone who joins while it waits.
         """
-        now = time.monotonic()
-        for name in sorted(self._members):
-            if name in self._hung_up or not self.user < name:
-                continue
-            peer = self._peer(name, member=True)
-            if peer.link and peer.link.state not in ("failed", "closed"):
-                continue
-            if now - self._last_attempt.get(name, -1e9) < MESH_RETRY and peer.link is not None:
-                continue
-            self._last_attempt[name] = now
-            await self._new_link(name, initiator=True, kind="room")
+        return self._engine.submit(self.mesh.wait_for(users, timeout))
 
-    async def _maintain_mesh(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(1.0)
-            if self._client.connected:
-                await self._form_mesh()
-
-    async def _new_link(self, name: str, *, initiator: bool, kind: str, call_id: str | None = None) -> PeerLink:
-        peer = self._peer(name, member=name in self._members)
-        old = peer.link
-        link = PeerLink(
-            self.user,
-            name,
-            initiator=initiator,
-            kind=kind,
-            call_id=call_id,
-            send_signal=lambda data, to=name: self._client.signal(to, data),
-            ice_servers=self.ice_servers,
-            on_state=self._on_link_state,
-            on_message=self._on_peer_message,
-            on_data=self._on_peer_data,
-        )
-        peer.link = link
-        if old is not None:
-            await old.close("closed", "replaced by a new connection")
-        await link.start()
-        return link
-
-    def _on_link_state(self, link: PeerLink) -> None:
-        if link.state in ("failed", "closed"):
-            self.sharing.on_link_down(link)
-        peer = self._peers.get(link.remote)
-        if peer is None or peer.link is not link:
-            return  # an old link being closed
-        self._emit(ev.PeerStateChanged(user=link.remote, state=link.state, reason=link.reason))
-        if link.remote in self._calls and link.state in ("connected", "failed"):
-            self._end_call(link.remote, link.state, link.reason)
-        if link.state == "closed" and not peer.member:
-            with self._lock:
-                self._peers.pop(link.remote, None)
-
-    async def _on_signal(self, sender: str, data: dict[str, Any]) -> None:
-        kind = data.get("kind")
-        if kind == "offer":
-            allowed = (sender in self._members and data.get("link") == "room") or (
-                data.get("link") == "call" and self._allowed_calls.get(sender) == data.get("call_id")
-            )
-            if not allowed or sender in self._hung_up:
-                log.info("ignored an offer from %s that no room or accepted call covers", sender)
-                return
-            self._allowed_calls.pop(sender, None)
-            link = await self._new_link(sender, initiator=False, kind=str(data.get("link")))
-            await link.handle_signal(data)
-        elif kind in ("answer", "candidate"):
-            peer = self._peers.get(sender)
-            if peer and peer.link:
-                await peer.link.handle_signal(data)
-        elif kind == "call":
-            await self._on_call(sender, str(data.get("call_id", "")))
-        elif kind == "call-accepted":
-            entry = self._calls.get(sender)
-            if entry and data.get("call_id") == entry[0].call_id:
-                await self._new_link(sender, initiator=True, kind="call", call_id=entry[0].call_id)
-        elif kind == "call-refused":
-            if sender in self._calls:
-                self._end_call(sender, "refused", str(data.get("reason") or f"{sender} refused the call"))
-        elif kind == "call-cancel":
-            for r in self._requests:
-                if r.kind == "call" and r.sender == sender and r.pending:
-                    r._decide("refuse", False, "caller hung up")
-        elif kind == "bye":
-            peer = self._peers.get(sender)
-            if peer and peer.link:
-                self._hung_up.add(sender)
-                await peer.link.close("closed", f"{sender} hung up")
-
-    # -- 1:1 calls ------------------------------------------------------------------------
+    # -- calls ------------------------------------------------------------------------
     def call(self, user: str) -> Call:
         """Ask ``user`` (anyone on this server) for a private 1:1 link.
 
         The returned :class:`Call` ends as ``connected``, ``refused`` (with the
         callee's reason), ``no answer`` after ``call_timeout`` s, or ``failed``.
         """
-        fut: concurrent.futures.Future[str] = concurrent.futures.Future()
-        call = Call(user, fut)
-        self._engine.call_soon(lambda: spawn(self._place_call(call, fut), f"call {user}"))
-        return call
+        return self.calls.call(user)
 
-    async def _place_call(self, call: Call, fut: Any) -> None:
-        user = call.user
-        self._hung_up.discard(user)
-        peer = self._peers.get(user)
-        if peer and peer.state == "connected":
-            call.status = "connected"
-            fut.set_result("connected")
-            return
-        self._calls[user] = (call, fut)
-        if not await self._client.signal(user, {"kind": "call", "call_id": call.call_id}):
-            self._end_call(user, "failed", "not connected to the room server")
-            return
-        asyncio.get_running_loop().call_later(self.call_timeout, self._call_timed_out, user, call)
-
-    def _call_timed_out(self, user: str, call: Call) -> None:
-        entry = self._calls.get(user)
-        if entry and entry[0] is call:
-            spawn(self._client.signal(user, {"kind": "call-cancel", "call_id": call.call_id}), "call-cancel")
-            self._end_call(user, "no answer", f"{user} did not answer within {self.call_timeout:g} s")
-
-    def _end_call(self, user: str, status: str, reason: str) -> None:
-        entry = self._calls.pop(user, None)
-        if entry is None:
-            return
-        call, fut = entry
-        call.status, call.reason = status, reason
-        if not fut.done():
-            fut.set_result(status)
-        self._emit(ev.CallEnded(user=user, status=status, reason=reason))
-
-    async def _on_call(self, caller: str, call_id: str) -> None:
-        decision = self.settings.decide(caller, "calls")
-
-        def answer(decision: str, reason: str) -> None:
-            if decision == "accept":
-                self._allowed_calls[caller] = call_id
-                self._hung_up.discard(caller)
-                msg = {"kind": "call-accepted", "call_id": call_id}
-            else:
-                msg = {"kind": "call-refused", "call_id": call_id, "reason": reason}
-            spawn(self._client.signal(caller, msg), f"answer {caller}")
-
-        if decision == "ask":
-            def resolve(req: Request, decision: str, always: bool, by: str) -> None:
-                if always:
-                    self.settings[caller].calls = decision
-                reason = f"{self.user} did not answer" if by in ("no answer", "caller hung up") else f"{self.user} refused the call"
-                self._engine.call_soon(answer, decision, reason)
-
-            req = Request("call", caller, resolve, call_id=call_id)
-            self._requests.append(req)
-            asyncio.get_running_loop().call_later(self.call_timeout, req.expire)
-            self._emit(ev.RequestPending(request=req))
-        else:
-            answer(decision, f"{self.user} refuses calls from {caller}")
+    @property
+    def pending_calls(self) -> list[Request]:
+        """Calls waiting for accept()/refuse()."""
+        return [r for r in self.calls.requests if r.pending]
 
     def disconnect(self, user: str) -> None:
         """Hang up on ``user``: close the link and do not re-form it until a new call or join."""
 
         async def _hang_up() -> None:
-            self._hung_up.add(user)
+            self.mesh.hung_up.add(user)
             self.sharing.cancel_with(user, f"{self.user} disconnected from {user}")
-            peer = self._peers.get(user)
-            if peer and peer.link and peer.link.state == "connected":
-                await peer.link.flush()  # the cancel reaches them before the link goes
+            link = self.mesh.link_to(user)
+            if link and link.state == "connected":
+                await link.flush()  # the cancel reaches them before the link goes
             await self._client.signal(user, {"kind": "bye", "reason": "hung up"})
-            if peer and peer.link:
-                await peer.link.close("closed", f"{self.user} hung up")
+            if link:
+                await link.close("closed", f"{self.user} hung up")
 
         self._engine.run(_hang_up(), 10.0)
 
     # -- chat --------------------------------------------------------------------------
     def say(self, text: str, to: str | None = None) -> Handle[list[str]]:
         """Send a chat message to ``to`` or to everyone connected; the handle gives who it reached."""
-        if not isinstance(text, str):
-            raise TypeError("text must be a string")
-        if len(text.encode()) > MAX_CHAT:
-            raise ValueError(f"message is {len(text.encode())} bytes; the limit is {MAX_CHAT}")
+        Chat.check(text)
 
         async def _say() -> list[str]:
             if to is not None:
-                peer = self._peers.get(to)
-                targets = [peer] if peer else []
-                if not targets:
-                    raise KeyError(f"{to} is not a peer of {self.user}; peers: {sorted(self._peers)}")
+                link = self.mesh.link_to(to)
+                if to not in self.mesh.peers:
+                    raise KeyError(f"{to} is not a peer of {self.user}; peers: {sorted(self.mesh.peers)}")
+                links = [link] if link else []
             else:
-                targets = list(self._peers.values())
-            reached = [p.name for p in targets if p.link and p.link.send({"t": "chat", "text": text, "to": to})]
-            with self._lock:
-                self._messages.append({"time": time.time(), "sender": self.user, "to": to, "text": text, "decision": "sent"})
-            return reached
+                links = [p.link for p in self.mesh.peers.values() if p.link]
+            return self.chat.send(links, text, to)
 
         return self._engine.submit(_say())
 
-    def _record_message(self, sender: str, to: str | None, text: str | None, decision: str) -> None:
-        with self._lock:
-            self._messages.append({"time": time.time(), "sender": sender, "to": to, "text": text, "decision": decision})
-        self._emit(ev.MessageReceived(sender=sender, to=to, text=text, decision=decision))
+    @property
+    def pending_messages(self) -> list[Request]:
+        """Chat messages held because ``messages`` is ``ask`` for their sender."""
+        return [r for r in self.chat.requests if r.pending]
 
-    # -- peer messages ----------------------------------------------------------------
-    def _on_peer_message(self, link: PeerLink, msg: dict[str, Any]) -> None:
-        t = msg.get("t")
-        if t == "chat":
-            text, to = msg.get("text"), msg.get("to")
-            if not isinstance(text, str) or len(text.encode()) > MAX_CHAT:
-                log.warning("%s sent an invalid or oversized chat message", link.remote)
-                return
-            to = to if isinstance(to, str) else None
-            self._on_chat(link.remote, to, text)
-        elif t in CONTROL_TYPES:
-            self.sharing.on_control(link, msg)
-        else:
-            log.debug("unhandled control message %r from %s", t, link.remote)
+    @property
+    def messages(self) -> Any:
+        """Chat log (pandas DataFrame): time, sender, to, text, decision (sent / accept / refuse / ask)."""
+        import pandas as pd
 
-    def _on_chat(self, sender: str, to: str | None, text: str) -> None:
-        decision = self.settings.decide(sender, "messages")
-        if decision == "accept":
-            self._record_message(sender, to, text, "accept")
-        elif decision == "refuse":
-            self._record_message(sender, to, None, "refuse")
-        else:
-            def resolve(req: Request, decision: str, always: bool, by: str) -> None:
-                if always:
-                    self.settings[sender].messages = decision
-                self._record_message(sender, to, text if decision == "accept" else None, decision)
-
-            req = Request("message", sender, resolve, text=text, to=to)
-            self._requests.append(req)
-            self._emit(ev.RequestPending(request=req))
-
-    def _on_peer_data(self, link: PeerLink, frame: bytes) -> None:
-        self.sharing.on_data(link, frame)
+        with self.chat._lock:
+            return pd.DataFrame(list(self.chat.rows), columns=CHAT_COLUMNS)
 
     # -- files and URLs ---------------------------------------------------------------
     @property
@@ -597,36 +360,47 @@ class Session:
         """File and URL offers waiting for one of the four choices."""
         return [r for r in self.sharing.requests if r.pending]
 
+    @property
+    def active_transfers(self) -> list[Transfer]:
+        """Transfers (both directions) that have not ended yet."""
+        return [t for t in list(self.sharing.transfers.values()) if not t.ended]
+
     def send_file(self, path: str | Path, to: str | None = None) -> Transfer | RoomTransfer:
         """Offer a file to ``to``, or to every room member when ``to`` is None.
 
-        Returns at once with a handle: ``.wait()``, ``await``, ``.status``,
-        ``.progress``, ``.cancel()`` (and ``.results`` for a room send).
+        Returns at once with a handle (status ``hashing`` while the file is hashed in a
+        worker; an unchanged file is not hashed twice): ``.wait()``, ``await``,
+        ``.status``, ``.progress``, ``.cancel()`` (and ``.results`` for a room send).
         """
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"{p} is not a file; give the path of a file to send")
-        return self._engine.run(self.sharing.send_file(p, to), 600)
+        return self.sharing.send_file(p, to)
 
     def send_url(self, url: str, to: str | None = None) -> Transfer | RoomTransfer:
-        """Offer an http(s) URL; other schemes raise :class:`~ivisit_nb.sharing.urls.BadURL`."""
-        url = check_url(url)
-        return self._engine.run(self.sharing.send_url(url, to), 60)
+        """Offer an http(s) URL; others raise :class:`~ivisit_nb.protocol.urls.BadURL`. Returns at once."""
+        return self.sharing.send_url(check_url(url), to)
 
     @property
-    def transfers(self) -> pd.DataFrame:
-        """One row per transfer, both directions (see docs/protocol.md for the columns)."""
+    def transfers(self) -> Any:
+        """One row per transfer, both directions (pandas DataFrame; columns in docs/logs.md)."""
+        import pandas as pd
+
         return pd.DataFrame(self._engine_rows(self.sharing.log_rows), columns=LOG_COLUMNS)
 
     @property
-    def policy_log(self) -> pd.DataFrame:
-        """Every consent decision: who sent what, the decision and what made it."""
+    def policy_log(self) -> Any:
+        """Every consent decision: who sent what, the decision and what made it (pandas DataFrame)."""
+        import pandas as pd
+
         cols = ["time", "transfer_id", "sender", "kind", "name", "size", "hash", "url", "decision", "decided_by", "reason"]
         return pd.DataFrame(list(self.sharing.policy_rows), columns=cols)
 
     @property
-    def progress_log(self) -> pd.DataFrame:
-        """Timestamped byte counts per transfer."""
+    def progress_log(self) -> Any:
+        """Timestamped byte counts per transfer (pandas DataFrame)."""
+        import pandas as pd
+
         return pd.DataFrame(list(self.sharing.progress_rows), columns=["time", "transfer_id", "bytes", "total"])
 
     def _engine_rows(self, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:

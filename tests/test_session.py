@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from ivisit_nb import RoomServer, Session
-from ivisit_nb.protocol.sas import sdp_fingerprint, short_auth_string
+from ivisit_nb.engine.sas import SasProtocol
+from ivisit_nb.protocol.sas import derive_sas, sdp_fingerprint
 from ivisit_nb.room.client import JoinRefused
 from helpers import wait_until
 
@@ -56,15 +57,18 @@ def test_short_auth_string_matches_on_both_ends(server, make_session):
     sas_a, sas_b = alice.peers["bob"].sas, bob.peers["alice"].sas
     assert sas_a and sas_a == sas_b
     assert len(sas_a.replace(" ", "")) == 6
-    # alice offers (her name sorts first): recompute from the real SDPs
+    # alice offers (her name sorts first): recompute from the real SDPs and both nonces
     link = alice.peers["bob"].link
     fp_offer = sdp_fingerprint(link.pc.localDescription.sdp)
     fp_answer = sdp_fingerprint(link.pc.remoteDescription.sdp)
     assert fp_offer != fp_answer
-    assert short_auth_string(fp_offer, fp_answer) == sas_a
-    assert short_auth_string(fp_answer, fp_offer) != sas_a  # swapped
+    mine = link.find(SasProtocol).exchange
+    theirs = bob.peers["alice"].link.find(SasProtocol).exchange
+    n_offer, n_answer = mine.nonce, theirs.nonce
+    assert derive_sas(fp_offer, fp_answer, n_offer, n_answer) == sas_a
+    assert derive_sas(fp_answer, fp_offer, n_offer, n_answer) != sas_a  # swapped
     tampered = fp_answer[:-2] + ("00" if fp_answer[-2:] != "00" else "11")
-    assert short_auth_string(fp_offer, tampered) != sas_a  # a man in the middle's certificate
+    assert derive_sas(fp_offer, tampered, n_offer, n_answer) != sas_a  # a man in the middle's certificate
 
 
 def test_call_accepted_refused_and_unanswered(server, make_session):

@@ -1,94 +1,115 @@
 """Sharing: the asyncio adapter that runs the sharing protocol over a session's links.
 
-It owns one sans-I/O :class:`~ivisit_nb.protocol.sharing.SharingProtocol` per
-peer link, feeds it what arrives, sends what it produces, and turns its events
-into consent decisions (policy), bytes on disk (store) and history (inbox).
-Everything here runs on the session's engine loop.
+It is a link protocol (:mod:`ivisit_nb.engine.linkproto`): every link of the session
+routes sharing control messages and data frames here. For each link it keeps one
+sans-I/O :class:`~ivisit_nb.protocol.sharing.SharingProtocol`, feeds it what arrives
+with the time, sends what it produces, arms its one timer, and turns its events into
+consent decisions (policy), bytes on disk (store) and history (inbox).
+
+It sees the session only through a :class:`SharingHost`: emit an event, find a
+user's link, list the room's members, and hop onto the engine loop. Disk work and
+hashing run on its own small worker pool, never on the engine loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import blake3
+from typing import Any, Callable, Protocol
 
 from .. import events as ev
 from ..consent import Request
+from ..engine.lanes import Lane
+from ..engine.linkproto import BaseLinkProtocol
 from ..engine.loop import spawn
 from ..protocol import sharing as sp
+from ..settings import Settings
+from .hashing import cached_hash, hash_file
 from .inbox import Inbox, Item
 from .policy import Decision, Offer, Policy, as_row
 from .store import Store, StoreError
 from .transfers import LOG_COLUMNS, RoomTransfer, Transfer
 
-if TYPE_CHECKING:
-    from ..engine.peerlink import PeerLink
-    from ..session import Session
-
 log = logging.getLogger("ivisit_nb.sharing")
 
-CONTROL_TYPES = {"offer", "accept", "have", "refuse", "done", "fail", "cancel"}
-CHUNK = 64 * 1024 - 25  # a 64 KiB frame with its 25-byte header
 PROGRESS_EVERY = 0.1  # seconds between progress events per transfer
+WORKERS = 4  # threads for disk work and hashing, shared by all peers
+MAX_INCOMING_PER_PEER = 4  # files received at once from one peer; more wait in a queue
+MAX_INCOMING = 16  # ... and from everyone together
 
 
-def hash_file(path: str | Path, length: int | None = None) -> str:
-    """``blake3:<hex>`` of a file (or of its first ``length`` bytes)."""
-    # Read in blocks rather than mmap: memory stays bounded whatever the file size.
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    left = length if length is not None else float("inf")
-    with open(path, "rb") as f:
-        while left > 0:
-            block = f.read(int(min(left, 4 << 20)))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return "blake3:" + h.hexdigest()
+class SharingLink(Protocol):
+    """What sharing uses of a peer link."""
+
+    remote: str
+    state: str
+    reason: str
+    lanes: dict[str, Lane]
+
+    def send(self, msg: dict[str, Any]) -> bool: ...
 
 
-class Sharing:
+@dataclass(frozen=True)
+class SharingHost:
+    """The narrow view of the session that sharing gets."""
+
+    user: str
+    settings: Settings
+    emit: Callable[[ev.Event], None]  # deliver an event to the session's listeners
+    link_to: Callable[[str], SharingLink | None]  # the link to a user, if any (engine thread)
+    members: Callable[[], list[str]]  # the other members of our room (any thread)
+    call_soon: Callable[..., None]  # run fn(*args) on the engine loop (any thread)
+
+
+class Sharing(BaseLinkProtocol):
     """Files and URLs between this session and its peers.
 
     Reached through the session (``session.send_file``, ``session.inbox`` ...).
     """
 
+    control_types = sp.MESSAGE_TYPES
+    frame_types = sp.FRAME_TYPES
+
     def __init__(
         self,
-        session: "Session",
+        host: SharingHost,
         inbox_dir: Path,
         *,
         max_size: int | None = None,
-        offer_timeout: float = 120.0,
+        offer_timeout: float = sp.OFFER_TIMEOUT,
         max_pending_offers: int = 20,
-        stall_timeout: float = 30.0,
+        stall_timeout: float = sp.STALL_TIMEOUT,
+        max_incoming_per_peer: int = MAX_INCOMING_PER_PEER,
+        max_incoming: int = MAX_INCOMING,
     ) -> None:
-        self.session = session
-        self.stall_timeout = stall_timeout
-        self._watchdog: asyncio.Task[None] | None = None
-        self.user = session.user
+        self.host = host
+        self.user = host.user
         self.inbox_dir = inbox_dir
         self.max_size = max_size
-        self.policy = Policy(session.settings, session.user)
-        self.offer_timeout = offer_timeout
+        self.policy = Policy(host.settings, host.user)
+        self.offer_timeout, self.stall_timeout = offer_timeout, stall_timeout
         self.max_pending_offers = max_pending_offers
+        self.max_incoming_per_peer, self.max_incoming = max_incoming_per_peer, max_incoming
         self.transfers: dict[str, Transfer] = {}
         self.policy_rows: list[dict[str, Any]] = []
         self.progress_rows: list[dict[str, Any]] = []
         self.requests: list[Request] = []
         self.violations: list[dict[str, Any]] = []  # what peers did against the protocol
-        self._protocols: dict["PeerLink", sp.SharingProtocol] = {}
-        self._links: dict[str, "PeerLink"] = {}  # transfer id -> link it runs on
+        self._protocols: dict[SharingLink, sp.SharingProtocol] = {}
+        self._timers: dict[SharingLink, tuple[float, asyncio.TimerHandle]] = {}
+        self._links: dict[str, SharingLink] = {}  # transfer id -> link it runs on
         self._parts: dict[str, Any] = {}  # transfer id -> PartFile
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
-        self._hash_cache: dict[tuple[str, int, int], str] = {}
+        self._receiving: set[str] = set()  # incoming files admitted (holding a slot)
+        self._queue: list[tuple[SharingLink, sp.SharingProtocol, Transfer]] = []  # accepted, waiting for a slot
         self._last_progress: dict[str, float] = {}
+        self._workers = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix=f"ivisit-disk-{host.user}")
 
     # The inbox folder is created on first use, so a session that only sends leaves no folder behind.
     @functools.cached_property
@@ -98,39 +119,50 @@ class Sharing:
     @functools.cached_property
     def inbox(self) -> Inbox:
         inbox = Inbox(self.inbox_dir)
-        inbox.on_close(self._on_viewer_closed)
+        inbox.closes.add(self._on_viewer_closed)
         return inbox
 
-    # -- plumbing -----------------------------------------------------------------
-    def _protocol(self, link: "PeerLink") -> sp.SharingProtocol:
+    def close(self) -> None:
+        """Stop the worker threads and close the store (after the links are closed)."""
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        if "store" in self.__dict__:
+            self.store.close()
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
+
+    # -- the link protocol -----------------------------------------------------------
+    def _protocol(self, link: SharingLink) -> sp.SharingProtocol:
         proto = self._protocols.get(link)
         if proto is None:
-            proto = sp.SharingProtocol(self.user, link.remote, max_pending_offers=self.max_pending_offers)
+            proto = sp.SharingProtocol(
+                self.user,
+                link.remote,
+                max_pending_offers=self.max_pending_offers,
+                lanes=tuple(link.lanes),
+                stall_timeout=self.stall_timeout,
+                offer_timeout=self.offer_timeout,
+                now=time.monotonic(),
+            )
             self._protocols[link] = proto
         return proto
 
-    def _flush(self, link: "PeerLink", proto: sp.SharingProtocol) -> None:
-        for msg in proto.take_control():
-            link.send(msg)
-        for event in proto.take_events():
-            try:
-                self._on_protocol_event(link, proto, event)
-            except Exception:
-                log.exception("handling %s from %s", type(event).__name__, link.remote)
-
-    def on_control(self, link: "PeerLink", msg: dict[str, Any]) -> None:
+    def on_control(self, link: SharingLink, msg: dict[str, Any]) -> None:
         proto = self._protocol(link)
-        proto.receive_control(msg)
+        proto.receive_control(msg, time.monotonic())
         self._flush(link, proto)
 
-    def on_data(self, link: "PeerLink", frame: bytes) -> None:
+    def on_frame(self, link: SharingLink, frame: bytes) -> None:
         proto = self._protocol(link)
-        proto.receive_data(frame)
+        proto.receive_data(frame, time.monotonic())
         self._flush(link, proto)
 
-    def on_link_down(self, link: "PeerLink") -> None:
+    def on_link_down(self, link: SharingLink) -> None:
         """The link died or closed: every transfer on it fails; partial files stay hidden for resume."""
         self._protocols.pop(link, None)
+        timer = self._timers.pop(link, None)
+        if timer:
+            timer[1].cancel()
         for tid, l in list(self._links.items()):
             if l is link:
                 t = self.transfers.get(tid)
@@ -141,100 +173,154 @@ class Sharing:
             if req.pending and req.sender == link.remote:
                 req._decide("refuse", False, "link lost")
 
-    def _emit(self, event: ev.Event) -> None:
-        self.session._emit(event)
+    def _flush(self, link: SharingLink, proto: sp.SharingProtocol) -> None:
+        """Send what the protocol produced, handle its events, and re-arm its timer if it may be due sooner."""
+        msgs, events = proto.take_control(), proto.take_events()
+        for msg in msgs:
+            link.send(msg)
+        for event in events:
+            try:
+                self._on_protocol_event(link, proto, event)
+            except Exception:
+                log.exception("handling %s from %s", type(event).__name__, link.remote)
+        if msgs or any(not isinstance(e, sp.ChunkReceived) for e in events):
+            self._arm(link, proto)
 
-    def _watch(self) -> None:
-        if self._watchdog is None or self._watchdog.done():
-            self._watchdog = spawn(self._watch_stalls(), f"stall watchdog {self.user}")
+    def _arm(self, link: SharingLink, proto: sp.SharingProtocol) -> None:
+        when = proto.get_timer()
+        armed = self._timers.get(link)
+        if armed and when is not None and armed[0] <= when:
+            return  # an earlier (or equal) timer is set; it re-arms when it fires
+        if armed:
+            armed[1].cancel()
+            del self._timers[link]
+        if when is not None and link in self._protocols:
+            delay = max(0.0, when - time.monotonic())
+            handle = asyncio.get_running_loop().call_later(delay, self._on_timer, link)
+            self._timers[link] = (when, handle)
 
-    async def _watch_stalls(self) -> None:
-        """End transfers that stopped moving: a silent peer must not hold one open for ever."""
-        while any(not t.ended for t in self.transfers.values()):
-            await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for t in list(self.transfers.values()):
-                idle = now - t.last_activity
-                if t.ended:
-                    continue
-                if t.status == "transferring" and idle > self.stall_timeout:
-                    why = f"no progress from {t.peer} for {idle:.0f} s"
-                elif t.direction == "out" and t.status == "offered" and idle > self.offer_timeout + 10:
-                    why = f"{t.peer} did not answer the offer"
-                else:
-                    continue
-                self._stop(t, "failed", why)
+    def _on_timer(self, link: SharingLink) -> None:
+        self._timers.pop(link, None)
+        proto = self._protocols.get(link)
+        if proto is not None:
+            proto.handle_timer(time.monotonic())
+            self._flush(link, proto)
+            self._arm(link, proto)
 
-    # -- sending -----------------------------------------------------------------------
-    def _recipients(self, to: str | None) -> list[str]:
-        if to is not None:
-            return [to]
-        return sorted(name for name, p in self.session._peers.items() if p.member)
+    # -- sending (called from any thread) ---------------------------------------------
+    def send_file(self, path: Path, to: str | None) -> Transfer | RoomTransfer:
+        """Start offering ``path``; returns at once. Handles start as ``hashing``."""
+        size = path.stat().st_size
+        handles = self._handles(to, "file", path.name, size, "", None)
+        future = self._workers.submit(cached_hash, path)
 
-    async def send_file(self, path: Path, to: str | None) -> Transfer | RoomTransfer:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-        digest = self._hash_cache.get(key)
-        if digest is None:
-            digest = await asyncio.get_running_loop().run_in_executor(None, hash_file, path)
-            self._hash_cache[key] = digest
-        return self._offer_all(to, "file", path.name, st.st_size, digest, None, path)
+        def hashed(f: concurrent.futures.Future[str]) -> None:
+            self.host.call_soon(self._after_hash, handles, path, f)
 
-    async def send_url(self, url: str, to: str | None) -> Transfer | RoomTransfer:
-        return self._offer_all(to, "url", url, 0, sp.content_hash(url.encode()), url, None)
+        future.add_done_callback(hashed)
+        return self._result(to, handles, path.name)
 
-    def _offer_all(self, to, kind, name, size, digest, url, path) -> Transfer | RoomTransfer:
-        parts = {r: self._offer_one(r, kind, name, size, digest, url, path) for r in self._recipients(to)}
-        if to is not None:
-            return parts[to]
-        return RoomTransfer(parts, name)
+    def send_url(self, url: str, to: str | None) -> Transfer | RoomTransfer:
+        """Start offering ``url`` (already checked); returns at once."""
+        handles = self._handles(to, "url", url, 0, sp.content_hash(url.encode()), url)
+        self.host.call_soon(self._offer_all, handles, None)
+        return self._result(to, handles, url)
 
-    def _offer_one(self, peer_name, kind, name, size, digest, url, path) -> Transfer:
-        tid = uuid.uuid4().hex
-        t = Transfer(tid, "out", peer_name, kind, name, size, digest, url, canceller=self._cancel_from_user)
-        self.transfers[tid] = t
-        self._watch()
-        peer = self.session._peers.get(peer_name)
-        link = peer.link if peer else None
-        if link is None or link.state != "connected":
-            state = link.state if link else "not a peer"
-            self._finish(t, "failed", f"{peer_name} is not connected ({state})")
-            return t
-        if path is not None:
-            self._paths[tid] = path
-        self._links[tid] = link
-        proto = self._protocol(link)
-        proto.offer(tid, kind, name, size, digest, url=url)
+    def _handles(self, to, kind, name, size, digest, url) -> list[Transfer]:
+        recipients = [to] if to is not None else self.host.members()
+        handles = []
+        for peer in recipients:
+            t = Transfer(uuid.uuid4().hex, "out", peer, kind, name, size, digest, url, canceller=self._cancel_from_user)
+            t.status = "hashing" if kind == "file" else "offered"
+            handles.append(t)
+        self.host.call_soon(self._register, handles)
+        return handles
+
+    @staticmethod
+    def _result(to: str | None, handles: list[Transfer], name: str) -> Transfer | RoomTransfer:
+        return handles[0] if to is not None else RoomTransfer({t.peer: t for t in handles}, name)
+
+    def _register(self, handles: list[Transfer]) -> None:
+        for t in handles:
+            self.transfers[t.transfer_id] = t
+
+    def _after_hash(self, handles: list[Transfer], path: Path, future: concurrent.futures.Future[str]) -> None:
+        try:
+            digest = future.result()
+        except Exception as exc:  # unreadable, vanished, cancelled at shutdown
+            for t in handles:
+                self._finish(t, "failed", f"could not read {path}: {exc}")
+            return
+        for t in handles:
+            t.hash = digest
+        self._offer_all(handles, path)
+
+    def _offer_all(self, handles: list[Transfer], path: Path | None) -> None:
+        for t in handles:
+            if t.ended:
+                continue  # cancelled while hashing
+            t.status = "offered"
+            link = self.host.link_to(t.peer)
+            if link is None or link.state != "connected":
+                state = link.state if link else "not a peer"
+                self._finish(t, "failed", f"{t.peer} is not connected ({state})")
+                continue
+            if path is not None:
+                self._paths[t.transfer_id] = path
+            self._links[t.transfer_id] = link
+            proto = self._protocol(link)
+            lanes = tuple(link.lanes) if t.kind == "file" else (sp.DEFAULT_LANE,)
+            proto.offer(t.transfer_id, t.kind, t.name, t.size, t.hash, url=t.url, lanes=lanes, now=time.monotonic())
+            self._flush(link, proto)
+
+    async def _start_sending(self, t: Transfer, link: SharingLink, proto: sp.SharingProtocol, e: sp.OfferAccepted) -> None:
+        start = 0
+        if e.offset > 0 and e.prefix_hash:
+            mine = await self._in_worker(hash_file, self._paths[t.transfer_id], e.offset)
+            start = e.offset if mine == e.prefix_hash else 0
+        if t.ended:
+            return
+        proto.start_sending(t.transfer_id, start, now=time.monotonic())
         self._flush(link, proto)
-        return t
+        if t.kind != "file":
+            t._start(0, "control")
+            return
+        lane = link.lanes.get(e.lane)
+        if lane is None:
+            self._stop(t, "failed", f"the {e.lane} lane to {t.peer} is not available")
+            return
+        t._start(start, lane.name)
+        await self._pump(t, link, proto, lane, start)
 
-    async def _pump(self, t: Transfer, link: "PeerLink", proto: sp.SharingProtocol, offset: int) -> None:
-        """Read the file from ``offset`` and send it, paced by the data channel's buffer."""
+    async def _pump(self, t: Transfer, link: SharingLink, proto: sp.SharingProtocol, lane: Lane, offset: int) -> None:
+        """Read the file from ``offset`` and send it on ``lane``, paced by the lane's backpressure."""
         path = self._paths[t.transfer_id]
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
                 pos = offset
                 while pos < t.size and not t.ended:
-                    block = f.read(min(CHUNK, t.size - pos))
+                    block = f.read(min(sp.FRAME_PAYLOAD, t.size - pos))
                     if not block:
                         raise OSError(f"{path} is shorter than when it was offered")
-                    proto.send_chunk(t.transfer_id, pos, block)
+                    if not proto.send_chunk(t.transfer_id, pos, block, now=time.monotonic()):
+                        return  # ended meanwhile
                     for frame in proto.take_data():
-                        await link.send_data(frame)
+                        await lane.send_frame(frame)
                     pos += len(block)
                     t._advance(len(block))
                     self._progress(t)
         except (OSError, ConnectionError) as exc:
             if not t.ended:
-                proto.fail(t.transfer_id, f"the sender could not read the file: {exc}")
+                proto.fail(t.transfer_id, f"the sender could not send the file: {exc}")
                 self._flush(link, proto)
                 self._finish(t, "failed", str(exc))
         else:
             self._flush(link, proto)
 
+    # -- cancelling ----------------------------------------------------------------------
     def _cancel_from_user(self, t: Transfer, reason: str) -> None:
-        self.session._engine.call_soon(self._cancel, t, reason)
+        self.host.call_soon(self._cancel, t, reason)
 
     def _cancel(self, t: Transfer, reason: str) -> None:
         """Cancel ``t`` (engine thread), withdrawing its dialog if it still waits for one."""
@@ -255,7 +341,7 @@ class Sharing:
             return
         link = self._links.get(t.transfer_id)
         proto = self._protocols.get(link) if link else None
-        if proto is not None:
+        if proto is not None and proto.state(t.transfer_id) is not None:
             proto.cancel(t.transfer_id, reason)
             self._flush(link, proto)
         self._finish(t, status, reason)
@@ -266,10 +352,10 @@ class Sharing:
                 if t.direction == "in":
                     self._cancel(t, f"{self.user} closed the Sharing viewer")
 
-        self.session._engine.call_soon(_do)
+        self.host.call_soon(_do)
 
     # -- protocol events ------------------------------------------------------------------
-    def _on_protocol_event(self, link: "PeerLink", proto: sp.SharingProtocol, e: Any) -> None:
+    def _on_protocol_event(self, link: SharingLink, proto: sp.SharingProtocol, e: Any) -> None:
         t = self.transfers.get(getattr(e, "transfer_id", ""))
         if isinstance(e, sp.OfferReceived):
             self._on_offer(link, proto, e)
@@ -279,10 +365,19 @@ class Sharing:
         elif isinstance(e, sp.ProtocolViolation):
             log.warning("%s broke the sharing protocol: %s", link.remote, e.reason)
             self.violations.append({"time": time.time(), "peer": link.remote, "reason": e.reason})
+            del self.violations[:-1000]
         elif t is None:
             return
+        elif isinstance(e, sp.OfferExpired):
+            for req in self.requests:
+                if req.pending and req.details.get("transfer_id") == t.transfer_id:
+                    req.expire()  # withdraws the dialog; the protocol already refused
+            t.decision, t.decided_by = "refuse", "no answer"
+            offer = Offer(t.peer, t.kind, t.name, t.size, t.hash, t.url)
+            self._log_decision(offer, Decision("refuse", "no answer", "no answer"), t.transfer_id)
+            self._finish(t, "refused", "no answer")
         elif isinstance(e, sp.OfferAccepted):
-            spawn(self._start_sending(t, link, proto, e.offset, e.prefix_hash), f"send {t.name}")
+            spawn(self._start_sending(t, link, proto, e), f"send {t.name}")
         elif isinstance(e, sp.OfferHad):
             t._start(t.size, "dedup")
             self._finish(t, "done", f"{t.peer} already had it")
@@ -300,27 +395,12 @@ class Sharing:
         elif isinstance(e, sp.TransferCancelled):
             self._finish(t, "cancelled", e.reason)
 
-    async def _start_sending(self, t, link, proto, offset: int, prefix_hash: str | None) -> None:
-        start = 0
-        if offset > 0 and prefix_hash:
-            path = self._paths[t.transfer_id]
-            mine = await asyncio.get_running_loop().run_in_executor(None, hash_file, path, offset)
-            start = offset if mine == prefix_hash else 0
-        if t.ended:
-            return
-        proto.start_sending(t.transfer_id, start)
-        self._flush(link, proto)
-        t._start(start, "datachannel" if t.kind == "file" else "control")
-        if t.kind == "file":
-            await self._pump(t, link, proto, start)
-
-    # receiving ----------------------------------------------------------------------
-    def _on_offer(self, link: "PeerLink", proto: sp.SharingProtocol, e: Any) -> None:
+    # -- receiving ----------------------------------------------------------------------
+    def _on_offer(self, link: SharingLink, proto: sp.SharingProtocol, e: sp.OfferReceived) -> None:
         sender = link.remote
         t = Transfer(e.transfer_id, "in", sender, e.kind, e.name, e.size, e.hash, e.url, canceller=self._cancel_from_user)
         self.transfers[t.transfer_id] = t
         self._links[t.transfer_id] = link
-        self._watch()
         offer = Offer(sender, e.kind, e.name, e.size, e.hash, e.url)  # URL offers were checked by the protocol
         decision = self.policy.decide(offer)
         if decision.decision != "ask":
@@ -330,20 +410,19 @@ class Sharing:
 
         def resolve(req: Request, answer: str, always: bool, by: str) -> None:
             if always:
-                setattr(self.session.settings[sender], "files" if e.kind == "file" else "urls", answer)
+                setattr(self.host.settings[sender], "files" if e.kind == "file" else "urls", answer)
             reason = "no answer" if by == "no answer" else (f"{self.user} refused it" if answer == "refuse" else "")
-            d = Decision(answer, by, reason)
-            self.session._engine.call_soon(self._decided, link, proto, t, offer, d)
+            self.host.call_soon(self._decided, link, proto, t, offer, Decision(answer, by, reason))
 
         req = Request(e.kind, sender, resolve, transfer_id=t.transfer_id, name=e.name, size=e.size, hash=e.hash, url=e.url)
         self.requests.append(req)
-        asyncio.get_running_loop().call_later(self.offer_timeout, req.expire)
-        self._emit(ev.RequestPending(request=req))
+        self.requests = [r for r in self.requests if r.pending][-1000:]
+        self.host.emit(ev.RequestPending(request=req))
 
     def _log_decision(self, offer: Offer, d: Decision, tid: str) -> None:
         self.policy_rows.append(as_row(offer, d, time=time.time(), transfer_id=tid))
 
-    def _decided(self, link, proto, t: Transfer, offer: Offer, d: Decision) -> None:
+    def _decided(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, offer: Offer, d: Decision) -> None:
         if t.ended:
             return
         t.decision, t.decided_by = d.decision, d.decided_by
@@ -354,10 +433,29 @@ class Sharing:
             self._finish(t, "refused", d.reason or "refused")
             return
         if t.kind == "url":
-            proto.accept(t.transfer_id)
+            proto.accept(t.transfer_id, lane=sp.DEFAULT_LANE, now=time.monotonic())
             self._flush(link, proto)
             return
-        spawn(self._accept_file(link, proto, t), f"accept {t.name}")
+        t.status = "queued"
+        self._queue.append((link, proto, t))
+        self._admit()
+
+    def _admit(self) -> None:
+        """Start queued receives while slots are free, per peer and in all, oldest first.
+
+        A peer whose files we accept still cannot hold more than ``max_incoming_per_peer``
+        part files, worker jobs and disk reservations at once; the rest wait their turn.
+        """
+        waiting, self._queue = self._queue, []
+        for link, proto, t in waiting:
+            if t.ended:
+                continue
+            busy = [self.transfers[i].peer for i in self._receiving if i in self.transfers]
+            if len(busy) < self.max_incoming and busy.count(t.peer) < self.max_incoming_per_peer:
+                self._receiving.add(t.transfer_id)
+                spawn(self._accept_file(link, proto, t), f"accept {t.name}")
+            else:
+                self._queue.append((link, proto, t))
 
     def _prepare(self, t: Transfer) -> tuple[str, Any]:
         """Disk work before answering an accepted offer; runs in a worker thread, off the engine loop.
@@ -373,9 +471,9 @@ class Sharing:
             return "resume", self.store.finalize(part, t.peer, t.name)
         return "part", part
 
-    async def _accept_file(self, link, proto, t: Transfer) -> None:
+    async def _accept_file(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer) -> None:
         try:
-            outcome, value = await asyncio.get_running_loop().run_in_executor(None, self._prepare, t)
+            outcome, value = await self._in_worker(self._prepare, t)
         except (StoreError, OSError) as exc:
             if not t.ended:
                 proto.refuse(t.transfer_id, str(exc))
@@ -390,15 +488,16 @@ class Sharing:
             proto.have(t.transfer_id)
             self._flush(link, proto)
             t._start(t.size, "dedup" if outcome == "have" else "resume")
-            self._arrived(t, value, "dedup" if outcome == "have" else "resume")
+            self._arrived(t, value, t.lane or "dedup")
             return
         self._parts[t.transfer_id] = value
         offset = value.prefix_length
-        proto.accept(t.transfer_id, offset, value.prefix_hash() if offset else None)
-        t._start(offset, "datachannel")
+        lane = proto.choose_lane(tuple(link.lanes))
+        proto.accept(t.transfer_id, offset, value.prefix_hash() if offset else None, lane=lane, now=time.monotonic())
+        t._start(offset, lane)
         self._flush(link, proto)
 
-    def _on_chunk(self, link, proto, t: Transfer, e: Any) -> None:
+    def _on_chunk(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, e: sp.ChunkReceived) -> None:
         part = self._parts.get(t.transfer_id)
         if part is None:
             return
@@ -417,33 +516,46 @@ class Sharing:
         t._advance(len(e.data))
         self._progress(t)
 
-    def _on_all_bytes(self, link, proto, t: Transfer) -> None:
+    def _on_all_bytes(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer) -> None:
         if t.kind == "url":
             proto.complete(t.transfer_id)
             self._flush(link, proto)
             t._start(0, "control")
             self._arrived(t, None, "control")
             return
-        part = self._parts.pop(t.transfer_id, None)
+        part = self._parts.pop(t.transfer_id, None)  # _finalize owns it now
         if part is not None:
             spawn(self._finalize(link, proto, t, part), f"finalize {t.name}")
 
-    async def _finalize(self, link, proto, t: Transfer, part: Any) -> None:
-        """Verify, fsync and place the file in a worker thread: fsyncing a large file takes
-        seconds, and the engine loop must keep answering heartbeats meanwhile."""
+    async def _finalize(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, part: Any) -> None:
+        """Verify (fsync + hash) in a worker, seal the transfer, then place the file.
+
+        Sealing first means a peer that sends more bytes than it declared fails the
+        transfer *before* anything is placed, and cannot fail it afterwards.
+        """
         try:
-            path = await asyncio.get_running_loop().run_in_executor(None, self.store.finalize, part, t.peer, t.name)
+            await self._in_worker(self.store.verify, part)
+        except (StoreError, OSError, ValueError) as exc:
+            part.close()
+            if not t.ended:
+                proto.fail(t.transfer_id, str(exc))
+                self._flush(link, proto)
+                self._finish(t, "failed", str(exc))
+            return
+        if t.ended or not proto.seal(t.transfer_id):
+            part.close()  # failed or cancelled meanwhile: nothing is placed; the verified bytes stay for later
+            return
+        try:
+            path = await self._in_worker(self.store.place, part, t.peer, t.name)
         except (StoreError, OSError) as exc:
             if not t.ended:
                 proto.fail(t.transfer_id, str(exc))
                 self._flush(link, proto)
                 self._finish(t, "failed", str(exc))
             return
-        if t.ended:
-            return  # cancelled while being placed: the verified file stays, unannounced
         proto.complete(t.transfer_id)
         self._flush(link, proto)
-        self._arrived(t, path, "datachannel")
+        self._arrived(t, path, t.lane or sp.DEFAULT_LANE)
 
     def _arrived(self, t: Transfer, path: Path | None, lane: str) -> None:
         t.path = str(path) if path else None
@@ -454,7 +566,7 @@ class Sharing:
         )
         self.inbox.add(item)
         self._finish(t, "done")
-        self._emit(ev.ItemReceived(item=item))
+        self.host.emit(ev.ItemReceived(item=item))
 
     # -- bookkeeping ---------------------------------------------------------------------
     def _progress(self, t: Transfer) -> None:
@@ -463,22 +575,25 @@ class Sharing:
             return
         self._last_progress[t.transfer_id] = now
         self.progress_rows.append({"time": time.time(), "transfer_id": t.transfer_id, "bytes": t.received, "total": t.size})
-        self._emit(ev.TransferProgress(transfer=t, bytes=t.received, total=t.size, rate=t.rate, text=t.text))
+        self.host.emit(ev.TransferProgress(transfer=t, bytes=t.received, total=t.size, rate=t.rate, text=t.text))
 
     def _finish(self, t: Transfer, status: str, reason: str = "") -> None:
         part = self._parts.pop(t.transfer_id, None)
         if part is not None:
-            part.close()  # kept hidden in .parts for a later resume
+            part.close()  # kept hidden in .parts for a later resume (removed if empty)
         self._paths.pop(t.transfer_id, None)
         self._links.pop(t.transfer_id, None)
         self._last_progress.pop(t.transfer_id, None)
         if t._end(status, reason):
             if t.received and t.size:
                 self.progress_rows.append({"time": time.time(), "transfer_id": t.transfer_id, "bytes": t.received, "total": t.size})
-            self._emit(ev.TransferEnded(transfer=t, status=status, reason=reason))
+            self.host.emit(ev.TransferEnded(transfer=t, status=status, reason=reason))
+        if t.transfer_id in self._receiving:
+            self._receiving.discard(t.transfer_id)
+            self._admit()
 
     def log_rows(self) -> list[dict[str, Any]]:
         return [t.as_row() for t in self.transfers.values()]
 
 
-__all__ = ["Sharing", "hash_file", "CONTROL_TYPES", "LOG_COLUMNS"]
+__all__ = ["Sharing", "SharingHost", "SharingLink", "LOG_COLUMNS"]

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-ACTIVE = ("offered", "waiting", "transferring")
+ACTIVE = ("hashing", "offered", "waiting", "queued", "transferring")
 ENDED = ("done", "refused", "cancelled", "failed")
 STATUSES = ACTIVE + ENDED
 
@@ -24,8 +24,9 @@ def kib(n: int) -> str:
 class Transfer:
     """One item between us and one peer.
 
-    ``status`` is one of offered, waiting, transferring, done, refused,
-    cancelled, failed. ``progress`` is 0..1 and ``rate`` bytes per second.
+    ``status`` is one of hashing (sender, before the offer), offered, waiting (for a
+    decision), queued (accepted, waiting for a free receive slot), transferring, done,
+    refused, cancelled, failed. ``progress`` is 0..1 and ``rate`` bytes per second.
     """
 
     def __init__(
