@@ -30,6 +30,7 @@ from .engine.heartbeat import Heartbeat
 from .engine.linkproto import LinkProtocol
 from .engine.loop import EngineLoop, Handle
 from .engine.sas import SasProtocol
+from .frames import frame
 from .listeners import Listeners
 from .mesh import Mesh, Peer
 from .protocol.urls import check_url
@@ -196,9 +197,9 @@ class Session:
         See :mod:`ivisit_nb.widgets`; needs ipywidgets (and the ivisit-nb JupyterLab
         extension for drag and drop and notifications).
         """
-        import importlib
+        from .widgets import Panel  # ipywidgets only when a panel is asked for
 
-        return importlib.import_module("ivisit_nb.widgets").Panel(self)
+        return Panel(self)
 
     # -- events ------------------------------------------------------------------
     def on(self, callback: Callable[[ev.Event], None]) -> Callable[[], None]:
@@ -330,10 +331,8 @@ class Session:
     @property
     def messages(self) -> Any:
         """Chat log (pandas DataFrame): time, sender, to, text, decision (sent / accept / refuse / ask)."""
-        import pandas as pd
-
         with self.chat._lock:
-            return pd.DataFrame(list(self.chat.rows), columns=CHAT_COLUMNS)
+            return frame(list(self.chat.rows), CHAT_COLUMNS)
 
     # -- files and URLs ---------------------------------------------------------------
     @property
@@ -384,24 +383,18 @@ class Session:
     @property
     def transfers(self) -> Any:
         """One row per transfer, both directions (pandas DataFrame; columns in docs/logs.md)."""
-        import pandas as pd
-
-        return pd.DataFrame(self._engine_rows(self.sharing.log_rows), columns=LOG_COLUMNS)
+        return frame(self._engine_rows(self.sharing.log_rows), LOG_COLUMNS)
 
     @property
     def policy_log(self) -> Any:
         """Every consent decision: who sent what, the decision and what made it (pandas DataFrame)."""
-        import pandas as pd
-
         cols = ["time", "transfer_id", "sender", "kind", "name", "size", "hash", "url", "decision", "decided_by", "reason"]
-        return pd.DataFrame(list(self.sharing.policy_rows), columns=cols)
+        return frame(list(self.sharing.policy_rows), cols)
 
     @property
     def progress_log(self) -> Any:
         """Timestamped byte counts per transfer (pandas DataFrame)."""
-        import pandas as pd
-
-        return pd.DataFrame(list(self.sharing.progress_rows), columns=["time", "transfer_id", "bytes", "total"])
+        return frame(list(self.sharing.progress_rows), ["time", "transfer_id", "bytes", "total"])
 
     def _engine_rows(self, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         if self._engine.alive and not self._engine.in_engine:

@@ -27,7 +27,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable
 
+from ..frames import frame
 from ..listeners import Listeners
+from ..protocol.text import clean_text
 
 
 log = logging.getLogger("ivisit_nb.inbox")
@@ -56,6 +58,10 @@ class Item:
     def __post_init__(self) -> None:
         if self.kind not in ("file", "url"):
             raise ValueError(f"item kind must be 'file' or 'url', not {self.kind!r}")
+        for name in ("sender", "name", "path", "url"):  # valid strings, even from an old history file
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, clean_text(value, 1 << 16))
 
 
 COLUMNS = [f.name for f in fields(Item)]
@@ -217,9 +223,7 @@ class Inbox:
         """The whole history, oldest first, one row per item."""
         with self._lock:
             rows = [asdict(i) for i in self._items]
-        import pandas as pd
-        
-        return pd.DataFrame(rows, columns=COLUMNS)
+        return frame(rows, COLUMNS)
 
     # -- closing -----------------------------------------------------------------------
 
