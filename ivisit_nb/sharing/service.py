@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -39,9 +40,10 @@ from .transfers import LOG_COLUMNS, RoomTransfer, Transfer
 log = logging.getLogger("ivisit_nb.sharing")
 
 PROGRESS_EVERY = 0.1  # seconds between progress events per transfer
-WORKERS = 4  # threads for disk work and hashing, shared by all peers
+WORKERS = 8  # threads for disk work and hashing: one peer's receives can hold at most half
 MAX_INCOMING_PER_PEER = 4  # files received at once from one peer; more wait in a queue
 MAX_INCOMING = 16  # ... and from everyone together
+MAX_KEPT = 20_000  # ended transfers (and log rows, x10) kept in memory
 
 
 class SharingLink(Protocol):
@@ -450,12 +452,22 @@ class Sharing(BaseLinkProtocol):
         for link, proto, t in waiting:
             if t.ended:
                 continue
-            busy = [self.transfers[i].peer for i in self._receiving if i in self.transfers]
-            if len(busy) < self.max_incoming and busy.count(t.peer) < self.max_incoming_per_peer:
+            busy = [self.transfers[i] for i in self._receiving if i in self.transfers]
+            mine = [x for x in busy if x.peer == t.peer]
+            if len(busy) < self.max_incoming and len(mine) < self.max_incoming_per_peer and self._fair_space(mine, t):
                 self._receiving.add(t.transfer_id)
                 spawn(self._accept_file(link, proto, t), f"accept {t.name}")
             else:
                 self._queue.append((link, proto, t))
+
+    def _fair_space(self, mine: list[Transfer], t: Transfer) -> bool:
+        """A peer with receives running may reserve at most half of the free disk space, so
+        one sender cannot take all the room that others' files need (the rest waits)."""
+        if not mine:
+            return True
+        folder = self.inbox_dir if self.inbox_dir.exists() else Path(".")
+        free = shutil.disk_usage(folder).free
+        return sum(x.size - x.received for x in mine) + t.size <= free // 2
 
     def _prepare(self, t: Transfer) -> tuple[str, Any]:
         """Disk work before answering an accepted offer; runs in a worker thread, off the engine loop.
@@ -591,6 +603,17 @@ class Sharing(BaseLinkProtocol):
         if t.transfer_id in self._receiving:
             self._receiving.discard(t.transfer_id)
             self._admit()
+        self._prune()
+
+    def _prune(self) -> None:
+        """Keep memory bounded however many offers a peer makes: forget the oldest ended transfers."""
+        if len(self.transfers) > MAX_KEPT:
+            ended = [tid for tid, x in self.transfers.items() if x.ended]
+            for tid in ended[: len(self.transfers) - MAX_KEPT // 2]:
+                del self.transfers[tid]
+        for rows in (self.policy_rows, self.progress_rows):
+            if len(rows) > 10 * MAX_KEPT:
+                del rows[: -5 * MAX_KEPT]
 
     def log_rows(self) -> list[dict[str, Any]]:
         return [t.as_row() for t in self.transfers.values()]
