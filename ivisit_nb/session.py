@@ -269,7 +269,7 @@ class Session:
             return sorted(self.mesh.members)
 
     def wait_for_peers(self, users: list[str] | None = None, timeout: float = 30.0) -> Handle[dict[str, Peer]]:
-        """A handle that completes when ``users`` are connected (and their SAS agreed, given a few seconds).
+        """A handle that completes when ``users`` are connected (and, given a few seconds, their SAS is known here).
 
         With ``users=None`` it waits for every room member: everyone the room server had
         let in when this was called (one round trip makes sure we heard of them), and

@@ -81,7 +81,7 @@ class PeerLink:
         self.state = "new"
         self.reason = ""
         self.rtt: float | None = None
-        self.sas: str | None = None  # set by the SAS protocol once both sides agreed on it
+        self.sas: str | None = None  # set by the SAS protocol once this side knows it (compare it aloud)
         self.created = time.monotonic()
         self.last_heard = time.monotonic()
         self.dropped = 0  # messages from the peer dropped as malformed or over the rate
