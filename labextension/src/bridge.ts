@@ -10,12 +10,23 @@
  *   {action: 'pick', key, path, title}                        JupyterLab's file dialog
  *       at `path` (relative to the server root); answers {event: 'picked', key, paths, root}
  * To the kernel, once the model exists: {event: 'hello', root}.
+ *
+ * A notification's buttons get the caption (their title, shown as a tooltip)
+ * "iVisit: LABEL". JupyterLab gives no way to put a class on a toast, so
+ * style/index.css finds iVisit's notifications by that caption and lays their
+ * buttons out so that every label reads whole (see NOTE_CAPTION_PREFIX).
  */
 import { WidgetModel } from '@jupyter-widgets/base';
 import { Notification } from '@jupyterlab/apputils';
 import { FileDialog } from '@jupyterlab/filebrowser';
 import { context, localPath, serverRoot } from './context';
 import { MODULE_NAME, MODULE_VERSION } from './version';
+
+/**
+ * Prefix of the caption (the `title`) of every button of our notifications;
+ * style/index.css selects `.jp-toast-button[title^="iVisit: "]`. Keep both in step.
+ */
+export const NOTE_CAPTION_PREFIX = 'iVisit: ';
 
 export class BridgeModel extends WidgetModel {
   defaults(): any {
@@ -56,6 +67,7 @@ export class BridgeModel extends WidgetModel {
     }
     const actions = labels.map((label, index) => ({
       label,
+      caption: NOTE_CAPTION_PREFIX + label,
       displayType: (index === 1 ? 'accent' : 'default') as Notification.ActionDisplayType,
       callback: () => {
         this.notes.delete(key);

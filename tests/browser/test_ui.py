@@ -76,6 +76,156 @@ def test_the_four_choices(lab, index, label, where, status, setting):
     assert files == (setting or "ask")  # "always" changed the setting; "this file" did not
 
 
+# Where each button of the toast with `text` is, and where its label's text is laid out.
+NOTE_LAYOUT_JS = """
+(text) => {
+  const box = r => ({left: r.left, right: r.right, top: r.top, bottom: r.bottom, width: r.width, height: r.height});
+  const toast = [...document.querySelectorAll('.jp-toastContainer .Toastify__toast')].find(t => t.textContent.includes(text));
+  if (!toast || toast.getAnimations({subtree: true}).some(a => a.playState === 'running')) return null;  // absent, or sliding in
+  const buttons = [...toast.querySelectorAll('.jp-toast-button')].map(b => {
+    const range = document.createRange();
+    range.selectNodeContents(b);
+    const rects = [...range.getClientRects()].filter(r => r.width > 0 && r.height > 0);
+    const style = getComputedStyle(b);
+    return {
+      label: b.textContent,
+      lines: new Set(rects.map(r => Math.round(r.top))).size,  // line boxes the label is laid out on
+      text: box(range.getBoundingClientRect()),
+      button: box(b.getBoundingClientRect()),
+      lineHeight: style.lineHeight === 'normal' ? 1.2 * parseFloat(style.fontSize) : parseFloat(style.lineHeight),
+      scrollWidth: b.scrollWidth,
+      clientWidth: b.clientWidth,
+      whiteSpace: style.whiteSpace,
+    };
+  });
+  return {toast: box(toast.getBoundingClientRect()), viewport: {width: innerWidth, height: innerHeight}, buttons};
+}
+"""
+
+
+def note_layout(lab, text):
+    lab.page.wait_for_function(f"({NOTE_LAYOUT_JS})({json.dumps(text)})", timeout=10_000)
+    return lab.page.evaluate(NOTE_LAYOUT_JS, text)
+
+
+def assert_labels_read_whole(layout, labels):
+    """Every label on one line, not clipped by its button, the toast or the window."""
+    toast, view = layout["toast"], layout["viewport"]
+    assert [b["label"] for b in layout["buttons"]] == labels
+    assert 0 <= toast["left"] and toast["right"] <= view["width"] and toast["bottom"] <= view["height"], layout
+    for b in layout["buttons"]:
+        t, btn = b["text"], b["button"]
+        assert b["lines"] == 1, f"{b['label']!r} breaks over {b['lines']} lines: {b}"
+        assert t["height"] < 1.5 * b["lineHeight"], f"{b['label']!r} is taller than one line: {b}"
+        assert b["whiteSpace"] == "nowrap"
+        assert b["scrollWidth"] <= b["clientWidth"], f"{b['label']!r} is clipped in its button: {b}"
+        for edge_in, edge_out, r in ((t, btn, "button"), (t, toast, "toast")):
+            assert edge_out["left"] - 0.5 <= edge_in["left"] and edge_in["right"] <= edge_out["right"] + 0.5, (
+                f"{b['label']!r} sticks out of its {r}: {b}")
+
+
+def rows(layout):
+    """The buttons' labels grouped by row, top to bottom."""
+    out = {}
+    for b in layout["buttons"]:
+        out.setdefault(round(b["button"]["top"]), []).append(b["label"])
+    return [out[top] for top in sorted(out)]
+
+
+@pytest.mark.parametrize("kind", ["file", "url"])
+def test_notification_buttons_read_whole(lab, kind):
+    """The offer's toast shows its four labels whole, each on one line, as a 2x2 grid."""
+    lab.py("env.bob.settings['alice'].files = 'ask'; env.bob.settings['alice'].urls = 'ask'")
+    if kind == "file":
+        name = "a rather long report name, final version.pdf"
+        tid = lab.pyj(f"env.offer({name!r}, 1_234_567)")["id"]
+        text, what = f"alice offers {name}", "this file"
+    else:
+        url = "https://example.org/some/page?with=a&query=string"
+        tid = lab.pyj(f"env.offer_url({url!r})")["id"]
+        text, what = f"alice offers the URL {url}", "this URL"
+    labels = ["Accept always from alice", f"Accept {what}", "Refuse always from alice", f"Refuse {what}"]
+    note = toast(lab, text)
+    note.wait_for(timeout=10_000)
+    layout = note_layout(lab, text)
+    assert_labels_read_whole(layout, labels)
+    assert rows(layout) == [labels[:2], labels[2:]]  # accept always | accept this, refuse always | refuse this
+    lab.page.mouse.move(700, 300)  # off the toast, so no button shows its hover colour
+    lab.page.screenshot(path="/tmp/notification.png" if kind == "file" else f"/tmp/notification-{kind}.png")
+    lab.page.screenshot(path=str(ARTIFACTS / f"notification-{kind}.png"), clip=clip_around(layout["toast"]))
+    note.get_by_role("button", name=f"Refuse {what}").click()
+    lab.wait_py(f"env.status({tid!r})['status'] == 'refused'")
+    note.wait_for(state="detached", timeout=10_000)
+
+
+def clip_around(r, pad=12):
+    return {"x": max(0, r["left"] - pad), "y": max(0, r["top"] - pad), "width": r["width"] + 2 * pad, "height": r["height"] + 2 * pad}
+
+
+def test_notification_with_a_long_sender_name_stacks_its_buttons(lab):
+    """Labels too long for half the toast take a row each, and the toast widens (to the left) to the longest."""
+    sender = "maximilian-alexander-von-und-zu-hohenzollern-sigmaringen-the-3rd"  # 64 characters, the longest name
+    labels = [f"Accept always from {sender}", "Accept this file", f"Refuse always from {sender}", "Refuse this file"]
+    text = f"{sender} offers a.txt (1K)"
+    lab.py(
+        "from ivisit_nb.widgets import Bridge\nlong_note = []\n"
+        f"Bridge.of(env.bob).notify('long-name', {text!r}, {labels!r}, long_note.append)"
+    )
+    note = toast(lab, text)
+    note.wait_for(timeout=10_000)
+    layout = note_layout(lab, text)
+    assert_labels_read_whole(layout, labels)
+    assert rows(layout) == [[label] for label in labels]
+    lab.page.screenshot(path=str(ARTIFACTS / "notification-long-name.png"), clip=clip_around(layout["toast"]))
+    note.get_by_role("button", name="Refuse this file").click()
+    assert lab.wait_py("long_note") == [3]
+    note.wait_for(state="detached", timeout=10_000)
+
+
+OTHER_TOAST_JS = """
+async () => {
+  const commands = window.jupyterapp.commands;
+  const id = await commands.execute('apputils:notify', {message: 'another extension says hello', type: 'info',
+    options: {autoClose: false, actions: [{label: 'Some other action', commandId: 'apputils:display-notifications'}]}});
+  return id;
+}
+"""
+
+
+def test_notification_styling_leaves_other_toasts_alone(lab):
+    """With an iVisit toast on screen, another extension's toast keeps JupyterLab's width and one-row buttons."""
+    lab.py("env.bob.settings['alice'].files = 'ask'")
+    other = lab.page.evaluate(OTHER_TOAST_JS)
+    tid = lab.pyj("env.offer('side by side.txt', 1000)")["id"]
+    ours, theirs = toast(lab, "alice offers side by side.txt"), toast(lab, "another extension says hello")
+    ours.wait_for(timeout=10_000)
+    theirs.wait_for(timeout=10_000)
+    lab.page.wait_for_function(
+        "() => ![...document.querySelectorAll('.Toastify__toast')].some(t => t.getAnimations().some(a => a.playState === 'running'))"
+    )
+    got = lab.page.evaluate(
+        """() => {
+          const container = document.querySelector('.jp-toastContainer');
+          const t = [...container.querySelectorAll('.Toastify__toast')].find(t => t.textContent.includes('another extension'));
+          const c = getComputedStyle(container);
+          return {toast: t.getBoundingClientRect().width, right: t.getBoundingClientRect().right,
+                  room: container.getBoundingClientRect().width - parseFloat(c.paddingLeft) - parseFloat(c.paddingRight),
+                  roomRight: container.getBoundingClientRect().right - parseFloat(c.paddingRight),
+                  bar: getComputedStyle(t.querySelector('.jp-toast-buttonBar')).flexWrap,
+                  spacer: getComputedStyle(t.querySelector('.jp-toast-spacer')).display,
+                  title: t.querySelector('.jp-toast-button').title};
+        }"""
+    )
+    assert abs(got["toast"] - got["room"]) < 0.5 and abs(got["right"] - got["roomRight"]) < 0.5, got
+    assert got["bar"] == "nowrap" and got["spacer"] != "none", got
+    lab.page.screenshot(path=str(ARTIFACTS / "notification-and-another-toast.png"))
+    ours.get_by_role("button", name="Refuse this file").click()
+    lab.wait_py(f"env.status({tid!r})['status'] == 'refused'")
+    lab.page.evaluate("(id) => window.jupyterapp.commands.execute('apputils:dismiss-notification', {id})", other)
+    ours.wait_for(state="detached", timeout=10_000)
+    theirs.wait_for(state="detached", timeout=10_000)
+
+
 def test_progress_viewer_back_forward_pause(lab):
     page = lab.page
     lab.py("env.bob.settings['alice'].files = 'accept'; env.bob.settings['alice'].urls = 'accept'")
