@@ -335,6 +335,10 @@ class SharingProtocol:
         out, self._data_out = self._data_out, []
         return out
 
+    def quiet_after_chunk(self) -> bool:
+        """True if the only output is one :class:`ChunkReceived` (the adapters' fast path)."""
+        return not self._control_out and len(self._events) == 1 and type(self._events[0]) is ChunkReceived
+
     def take_events(self) -> list[SharingEvent]:
         """Events since the last call, oldest first."""
         out, self._events = self._events, []

@@ -157,6 +157,12 @@ class Sharing(BaseLinkProtocol):
     def on_frame(self, link: SharingLink, frame: bytes) -> None:
         proto = self._protocol(link)
         proto.receive_data(frame, time.monotonic())
+        if proto.quiet_after_chunk():  # the common case: one chunk, nothing to send
+            e = proto.take_events()[0]
+            t = self.transfers.get(e.transfer_id)
+            if t is not None:
+                self._on_chunk(link, proto, t, e)
+            return
         self._flush(link, proto)
 
     def on_link_down(self, link: SharingLink) -> None:
