@@ -76,13 +76,16 @@ class Mesh:
         client: RoomClient,
         *,
         ice_servers: list[Any] | None,
+        relay_only: bool = False,
         emit: Callable[[ev.Event], None],
         link_protocols: Callable[[str], Iterable[LinkProtocol]],
         may_link: Callable[[str, dict[str, Any]], bool],
     ) -> None:
         self.user = user
         self.client = client
-        self.ice_servers = ice_servers
+        self.ice_servers = list(ice_servers or [])
+        self.server_ice: list[Any] = []  # short-lived TURN credentials from the room server's welcome
+        self.relay_only = relay_only
         self._emit = emit
         self._link_protocols = link_protocols
         self._may_link = may_link
@@ -110,7 +113,9 @@ class Mesh:
         if self._changed is not None:
             self._changed.set()
 
-    async def on_welcome(self, members: list[str]) -> None:
+    async def on_welcome(self, members: list[str], ice_servers: Any = None) -> None:
+        if isinstance(ice_servers, list):
+            self.server_ice = [s for s in ice_servers if isinstance(s, dict) and isinstance(s.get("urls"), (str, list))]
         with self.lock:
             self.members = set(members)
             for name in self.members:
@@ -193,7 +198,8 @@ class Mesh:
             kind=kind,
             call_id=call_id,
             send_signal=lambda data, to=name: self.client.signal(to, data),
-            ice_servers=self.ice_servers,
+            ice_servers=self.ice_servers + self.server_ice,
+            relay_only=self.relay_only,
             on_state=self._on_link_state,
             protocols=self._link_protocols(name),
         )

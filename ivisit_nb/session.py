@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ from .chat import Chat
 from .consent import Request
 from .engine.heartbeat import Heartbeat
 from .engine.linkproto import LinkProtocol
+from .engine import stats as link_stats
 from .engine.loop import EngineLoop, Handle
 from .engine.sas import SasProtocol
 from .frames import frame
@@ -43,6 +45,32 @@ from .sharing.service import Sharing, SharingHost
 from .sharing.transfers import LOG_COLUMNS, RoomTransfer, Transfer
 
 log = logging.getLogger("ivisit_nb.session")
+
+STATS_COLUMNS = {
+    "links": ["peer", "state", "kind", "role", "local_fingerprint", "remote_fingerprint", "sas", "rtt",
+              "bytes_sent", "bytes_received", "lanes", "dropped", "cwnd", "flight_size", "rto"],
+    "candidates": ["peer", "side", "type", "protocol", "address", "port", "priority"],
+    "pairs": ["peer", "local_type", "local_address", "local_port", "remote_type", "remote_address", "remote_port", "protocol"],
+    "rtt": ["peer", "time", "rtt"],
+}
+
+
+def link_facts(link: Any) -> dict[str, Any]:
+    """One row of ``Session.stats()["links"]``."""
+    sas = link.find(SasProtocol)
+    exchange = sas.exchange if sas is not None else None
+    lanes = link.lanes.values()
+    return {
+        "peer": link.remote, "state": link.state, "kind": link.kind,
+        "role": "offerer" if link.initiator else "answerer",
+        "local_fingerprint": exchange.local_fingerprint if exchange else None,
+        "remote_fingerprint": exchange.remote_fingerprint if exchange else None,
+        "sas": link.sas, "rtt": link.rtt,
+        "bytes_sent": sum(getattr(l, "bytes_sent", 0) for l in lanes),
+        "bytes_received": sum(getattr(l, "bytes_received", 0) for l in lanes),
+        "lanes": ",".join(link.lanes), "dropped": link.dropped,
+        **{k: v for k, v in link_stats.sctp_counters(link).items() if k in ("cwnd", "flight_size", "rto")},
+    }
 
 __all__ = ["Session", "Peer", "Call"]
 
@@ -60,6 +88,7 @@ class Session:
         config_dir: str | Path | None = None,
         token: str | None = None,
         ice_servers: list[Any] | None = None,
+        ice_policy: str = "all",
         call_timeout: float = 30.0,
         offer_timeout: float = 120.0,
         max_pending_offers: int = 20,
@@ -69,6 +98,8 @@ class Session:
     ) -> None:
         if not isinstance(user, str) or not user.strip():
             raise ValueError("user must be a non-empty name")
+        if ice_policy not in ("all", "relay"):
+            raise ValueError(f"ice_policy must be 'all' or 'relay' (TURN only), not {ice_policy!r}")
         user = unicodedata.normalize("NFC", user)  # the form the room server uses
         self.url, self.user, self.room = url, user, room
         self.config_dir = Path(config_dir) if config_dir is not None else default_config_dir()
@@ -93,6 +124,7 @@ class Session:
             user,
             self._client,
             ice_servers=ice_servers,
+            relay_only=ice_policy == "relay",
             emit=self._emit,
             link_protocols=self._link_protocols,
             may_link=lambda sender, offer: self.calls.may_link(sender, offer),
@@ -216,7 +248,7 @@ class Session:
         if t == "welcome":
             self.connected = True
             members = [m for m in msg.get("members", []) if isinstance(m, str)]
-            await self.mesh.on_welcome(members)
+            await self.mesh.on_welcome(members, msg.get("ice_servers"))
             self._emit(ev.Connected(room=self.room, members=tuple(sorted(members))))
         elif t == "joined":
             user = msg.get("user")
@@ -276,6 +308,34 @@ class Session:
         anyone who joins while it waits.
         """
         return self._engine.submit(self.mesh.wait_for(users, timeout))
+
+    def stats(self) -> dict[str, Any]:
+        """Per-link networking facts as DataFrames (docs/logs.md): ``links``, ``candidates``,
+        ``pairs`` (the selected ICE pair) and ``rtt`` (heartbeat round trips over time)."""
+
+        async def _collect() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {"links": [], "candidates": [], "pairs": [], "rtt": []}
+            for name, peer in self.mesh.peers.items():
+                link = peer.link
+                if link is None:
+                    continue
+                out["links"].append(link_facts(link))
+                out["candidates"] += [{"peer": name, **asdict(c)} for c in link_stats.candidates(link)]
+                pair = link_stats.selected_pair(link)
+                if pair:
+                    local, remote = pair
+                    out["pairs"].append({
+                        "peer": name, "local_type": local.type, "local_address": local.address, "local_port": local.port,
+                        "remote_type": remote.type, "remote_address": remote.address, "remote_port": remote.port,
+                        "protocol": local.protocol,
+                    })
+                beat = link.find(Heartbeat)
+                if beat is not None:
+                    out["rtt"] += [{"peer": name, "time": t, "rtt": rtt} for t, rtt in beat.samples]
+            return out
+
+        rows = self._engine.run(_collect(), 10) if self._engine.alive else {k: [] for k in STATS_COLUMNS}
+        return {kind: frame(rows[kind], cols) for kind, cols in STATS_COLUMNS.items()}
 
     # -- calls ------------------------------------------------------------------------
     def call(self, user: str) -> Call:

@@ -68,6 +68,7 @@ class PeerLink:
         kind: str,
         send_signal: SignalSender,
         ice_servers: list[Any] | None,
+        relay_only: bool = False,
         on_state: Callable[["PeerLink"], None],
         protocols: Iterable[LinkProtocol] = (),
         call_id: str | None = None,
@@ -76,7 +77,7 @@ class PeerLink:
         self.initiator, self.kind, self.call_id = initiator, kind, call_id
         self._send_signal = send_signal
         self._on_state = on_state
-        self.pc = RTCPeerConnection(ice_configuration(ice_servers))
+        self.pc = RTCPeerConnection(ice_configuration(ice_servers, relay_only))
         self.control = self.pc.createDataChannel("control", negotiated=True, id=0)
         self.state = "new"
         self.reason = ""
