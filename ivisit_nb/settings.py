@@ -32,7 +32,9 @@ FACTORY_DEFAULTS: dict[str, Any] = {
     "files": "ask",
     "urls": "ask",
     "blocked": False,
+    "lane": "auto",
 }
+LANES = ("auto", "direct", "datachannel")  # how files travel: auto picks direct for large files
 
 
 def default_config_dir() -> Path:
@@ -48,8 +50,12 @@ def _check(field: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"blocked must be True or False, not {value!r}")
         return value
+    if field == "lane":
+        if value not in LANES:
+            raise ValueError(f"lane must be one of {', '.join(LANES)}, not {value!r}")
+        return value
     if field not in KINDS:
-        raise AttributeError(f"no setting {field!r}; settings are {', '.join(KINDS)} and blocked")
+        raise AttributeError(f"no setting {field!r}; settings are {', '.join(KINDS)}, blocked and lane")
     if value not in CHOICES:
         raise ValueError(f"{field} must be one of {', '.join(CHOICES)}, not {value!r}")
     return value
@@ -71,7 +77,7 @@ class UserSettings:
             return values[field]
         if field in FACTORY_DEFAULTS:
             return self._owner._fallback(field)
-        raise AttributeError(f"no setting {field!r}; settings are {', '.join(KINDS)} and blocked")
+        raise AttributeError(f"no setting {field!r}; settings are {', '.join(KINDS)}, blocked and lane")
 
     def __setattr__(self, field: str, value: Any) -> None:
         self._owner._set(self.user, field, _check(field, value))

@@ -86,6 +86,7 @@ class PeerLink:
         self.created = time.monotonic()
         self.last_heard = time.monotonic()
         self.dropped = 0  # messages from the peer dropped as malformed or over the rate
+        self.frame_lane = "datachannel"  # the lane the frame being routed arrived on
         self._protocols: list[LinkProtocol] = []
         self._control_owner: dict[str, LinkProtocol] = {}
         self._frame_owner: dict[int, LinkProtocol] = {}
@@ -93,7 +94,7 @@ class PeerLink:
         self._pending_candidates: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         data = self.pc.createDataChannel("data", negotiated=True, id=1)
-        self.lanes: dict[str, Lane] = {"datachannel": DataChannelLane(data, self._route_frame, self.describe)}
+        self.lanes: dict[str, Lane] = {"datachannel": DataChannelLane(data, self.route_frame, self.describe)}
         for proto in protocols:
             self.add(proto)
         self._wire()
@@ -156,6 +157,11 @@ class PeerLink:
             log.debug("no protocol owns control type %.40r from %s; dropped", msg["t"], self.remote)
             return
         self._guarded(f"control message {msg['t']!r:.40}", owner.on_control, self, msg)
+
+    def route_frame(self, frame: bytes, lane: str = "datachannel") -> None:
+        """Hand a frame that arrived on ``lane`` to the protocol that owns its type."""
+        self.frame_lane = lane
+        self._route_frame(frame)
 
     def _route_frame(self, frame: bytes) -> None:
         self.last_heard = time.monotonic()

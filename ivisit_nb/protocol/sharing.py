@@ -101,6 +101,7 @@ class OfferReceived(SharingEvent):
     hash: str
     url: str | None
     lanes: tuple[str, ...] = (DEFAULT_LANE,)
+    lane_info: dict[str, Any] | None = None  # per-lane details from the sender, e.g. {"direct": {...}}
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class OfferAccepted(SharingEvent):
     offset: int
     prefix_hash: str | None
     lane: str = DEFAULT_LANE
+    lane_info: dict[str, Any] | None = None  # the receiver's details for that lane
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,15 @@ class _Transfer:
 
 class _Malformed(Exception):
     """Internal: a field of a peer's message is wrong (the message says which)."""
+
+
+def _check_lane_info(value: Any) -> dict[str, Any] | None:
+    """``lane_info`` is absent or an object keyed by lane name; each lane module checks its own part."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or len(value) > MAX_LANES or not all(_LANE.fullmatch(k) for k in value):
+        raise _Malformed("lane_info must be an object keyed by lane names")
+    return value
 
 
 def _check_lanes(value: Any) -> tuple[str, ...]:
@@ -457,6 +468,7 @@ class SharingProtocol:
         url: str | None = None,
         *,
         lanes: tuple[str, ...] | None = None,
+        lane_info: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> None:
         """Offer a file (``kind="file"``) or URL (``kind="url"``, ``size=0``,
@@ -470,6 +482,8 @@ class SharingProtocol:
                                "size": size, "hash": hash, "lanes": list(lanes or self.lanes)}
         if url is not None:
             msg["url"] = url
+        if lane_info:
+            msg["lane_info"] = lane_info
         try:
             fields = _check_offer_fields(msg)
         except _Malformed as exc:
@@ -519,6 +533,7 @@ class SharingProtocol:
         prefix_hash: str | None = None,
         *,
         lane: str | None = None,
+        lane_info: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> None:
         """Accept an offer. To resume, ``offset`` is how many bytes we already hold
@@ -539,7 +554,8 @@ class SharingProtocol:
                 raise ValueError(f"resume offset must be from 0 to {t.size - 1} (below the size), not {offset}")
             if not is_content_hash(prefix_hash):
                 raise ValueError("resuming needs prefix_hash, 'blake3:' and 64 hex digits, of the bytes held")
-        self._send("accept", t.id, offset=offset, prefix_hash=prefix_hash, lane=lane)
+        extra = {"lane_info": lane_info} if lane_info else {}
+        self._send("accept", t.id, offset=offset, prefix_hash=prefix_hash, lane=lane, **extra)
         t.state = "accepted"
         t.active_at = self._tick(now)
         self._pending.discard(t.id)
@@ -650,6 +666,7 @@ class SharingProtocol:
             return
         try:
             kind, name, size, hash_, url, lanes = _check_offer_fields(msg)
+            lane_info = _check_lane_info(msg.get("lane_info"))
         except _Malformed as exc:
             reason = f"malformed offer: {exc}"
             self._transfers[transfer_id] = t = _Transfer(transfer_id, "receive", "file", "", 0, "", None)
@@ -666,7 +683,7 @@ class SharingProtocol:
             return
         self._transfers[transfer_id] = t
         self._pending.add(transfer_id)
-        self._events.append(OfferReceived(transfer_id, kind, name, size, hash_, url, lanes))
+        self._events.append(OfferReceived(transfer_id, kind, name, size, hash_, url, lanes, lane_info))
 
     def _on_answer(self, t: _Transfer, kind: str, msg: dict[str, Any]) -> None:
         """accept, have, refuse or done from the receiver of our offer ``t``."""
@@ -694,12 +711,13 @@ class SharingProtocol:
             elif not is_content_hash(prefix_hash):
                 raise _Malformed("accept with an offset needs prefix_hash 'blake3:<64 hex>'")
             lane = msg.get("lane", DEFAULT_LANE)
-            if lane not in t.lanes:
+            if not isinstance(lane, str) or lane not in t.lanes:
                 raise _Malformed(f"accept on lane {lane!r:.40}, which was not offered")
+            lane_info = _check_lane_info(msg.get("lane_info"))
             t.state = "accepted"
             t.accepted_offset = offset
             t.active_at = self._now
-            self._events.append(OfferAccepted(t.id, offset, prefix_hash, lane))
+            self._events.append(OfferAccepted(t.id, offset, prefix_hash, lane, lane_info))
         else:  # done
             all_sent = t.state == "sending" and t.next_offset == t.size
             if not (all_sent or (t.state == "accepted" and t.size == 0)):

@@ -18,6 +18,7 @@ import concurrent.futures
 import functools
 import logging
 import shutil
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any, Callable, Protocol
 
 from .. import events as ev
 from ..consent import Request
+from ..engine import direct
 from ..engine.lanes import Lane
 from ..engine.linkproto import BaseLinkProtocol
 from ..engine.loop import spawn
@@ -36,6 +38,7 @@ from .inbox import Inbox, Item
 from .policy import Decision, Offer, Policy, as_row
 from .store import Store, StoreError
 from .transfers import LOG_COLUMNS, RoomTransfer, Transfer
+from .writer import PartWriter
 
 log = logging.getLogger("ivisit_nb.sharing")
 
@@ -44,6 +47,7 @@ WORKERS = 8  # threads for disk work and hashing: one peer's receives can hold a
 MAX_INCOMING_PER_PEER = 4  # files received at once from one peer; more wait in a queue
 MAX_INCOMING = 16  # ... and from everyone together
 MAX_KEPT = 20_000  # ended transfers (and log rows, x10) kept in memory
+DIRECT_MIN_SIZE = 8 << 20  # with lane "auto", files from this size try the direct lane (bench/compare.py)
 
 
 class SharingLink(Protocol):
@@ -89,8 +93,12 @@ class Sharing(BaseLinkProtocol):
         stall_timeout: float = sp.STALL_TIMEOUT,
         max_incoming_per_peer: int = MAX_INCOMING_PER_PEER,
         max_incoming: int = MAX_INCOMING,
+        lane: str = "auto",
+        direct_min_size: int = DIRECT_MIN_SIZE,
     ) -> None:
         self.host = host
+        self.lane = lane  # for users without their own "lane" setting
+        self.direct_min_size = direct_min_size
         self.user = host.user
         self.inbox_dir = inbox_dir
         self.max_size = max_size
@@ -106,7 +114,9 @@ class Sharing(BaseLinkProtocol):
         self._protocols: dict[SharingLink, sp.SharingProtocol] = {}
         self._timers: dict[SharingLink, tuple[float, asyncio.TimerHandle]] = {}
         self._links: dict[str, SharingLink] = {}  # transfer id -> link it runs on
-        self._parts: dict[str, Any] = {}  # transfer id -> PartFile
+        self._parts: dict[str, PartWriter] = {}  # transfer id -> the writer of its part file
+        self._offers: dict[str, sp.OfferReceived] = {}  # incoming transfer id -> its offer
+        self._direct: dict[str, Any] = {}  # transfer id -> its direct Listener or DirectTlsLane
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
         self._receiving: set[str] = set()  # incoming files admitted (holding a slot)
         self._queue: list[tuple[SharingLink, sp.SharingProtocol, Transfer]] = []  # accepted, waiting for a slot
@@ -129,6 +139,24 @@ class Sharing(BaseLinkProtocol):
         self._workers.shutdown(wait=False, cancel_futures=True)
         if "store" in self.__dict__:
             self.store.close()
+
+    @functools.cached_property
+    def identity(self) -> direct.Identity:
+        """This session's certificate for direct lanes (made on first use)."""
+        return direct.Identity.generate()
+
+    def lane_setting(self, peer: str) -> str:
+        """``auto``, ``direct`` or ``datachannel`` for files with ``peer``: their own setting, else the session's."""
+        settings = self.host.settings
+        return settings[peer].lane if settings.has_own(peer, "lane") else self.lane
+
+    def _lanes_for(self, peer: str, kind: str, size: int) -> tuple[str, ...]:
+        setting = self.lane_setting(peer)
+        if kind != "file" or setting == "datachannel":
+            return (sp.DEFAULT_LANE,)
+        if setting == "direct":
+            return (direct.NAME,)
+        return (direct.NAME, sp.DEFAULT_LANE) if size >= self.direct_min_size else (sp.DEFAULT_LANE,)
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
@@ -277,8 +305,9 @@ class Sharing(BaseLinkProtocol):
                 self._paths[t.transfer_id] = path
             self._links[t.transfer_id] = link
             proto = self._protocol(link)
-            lanes = tuple(link.lanes) if t.kind == "file" else (sp.DEFAULT_LANE,)
-            proto.offer(t.transfer_id, t.kind, t.name, t.size, t.hash, url=t.url, lanes=lanes, now=time.monotonic())
+            lanes = self._lanes_for(t.peer, t.kind, t.size)
+            info = {direct.NAME: {"cert": self.identity.cert_pem}} if direct.NAME in lanes else None
+            proto.offer(t.transfer_id, t.kind, t.name, t.size, t.hash, url=t.url, lanes=lanes, lane_info=info, now=time.monotonic())
             self._flush(link, proto)
 
     async def _start_sending(self, t: Transfer, link: SharingLink, proto: sp.SharingProtocol, e: sp.OfferAccepted) -> None:
@@ -293,12 +322,34 @@ class Sharing(BaseLinkProtocol):
         if t.kind != "file":
             t._start(0, "control")
             return
-        lane = link.lanes.get(e.lane)
-        if lane is None:
-            self._stop(t, "failed", f"the {e.lane} lane to {t.peer} is not available")
+        lane = await self._sending_lane(t, link, e)
+        if lane is None or t.ended:
             return
         t._start(start, lane.name)
         await self._pump(t, link, proto, lane, start)
+
+    async def _sending_lane(self, t: Transfer, link: SharingLink, e: sp.OfferAccepted) -> Lane | None:
+        """The lane the receiver chose; for the direct lane, connect first and fall back to the
+        data channel if that fails within about a second (and the offer allowed it)."""
+        if e.lane != direct.NAME:
+            lane = link.lanes.get(e.lane)
+            if lane is None:
+                self._stop(t, "failed", f"the {e.lane} lane to {t.peer} is not available")
+            return lane
+        try:
+            info = (e.lane_info or {}).get(direct.NAME)
+            lane = await direct.connect(self.identity, info, f"to {t.peer} for {t.name}")
+        except direct.DirectLaneError as exc:
+            if sp.DEFAULT_LANE in self._lanes_for(t.peer, t.kind, t.size):
+                log.info("%s; sending %s to %s on the data channel instead", exc, t.name, t.peer)
+                return link.lanes.get(sp.DEFAULT_LANE)
+            self._stop(t, "failed", f"{exc} (the data channel is turned off for {t.peer})")
+            return None
+        if t.ended:
+            lane.close()
+            return None
+        self._direct[t.transfer_id] = lane
+        return lane
 
     async def _pump(self, t: Transfer, link: SharingLink, proto: sp.SharingProtocol, lane: Lane, offset: int) -> None:
         """Read the file from ``offset`` and send it on ``lane``, paced by the lane's backpressure."""
@@ -307,8 +358,9 @@ class Sharing(BaseLinkProtocol):
             with open(path, "rb") as f:
                 f.seek(offset)
                 pos = offset
+                payload = getattr(lane, "frame_payload", sp.FRAME_PAYLOAD)
                 while pos < t.size and not t.ended:
-                    block = f.read(min(sp.FRAME_PAYLOAD, t.size - pos))
+                    block = f.read(min(payload, t.size - pos))
                     if not block:
                         raise OSError(f"{path} is shorter than when it was offered")
                     if not proto.send_chunk(t.transfer_id, pos, block, now=time.monotonic()):
@@ -409,6 +461,7 @@ class Sharing(BaseLinkProtocol):
         t = Transfer(e.transfer_id, "in", sender, e.kind, e.name, e.size, e.hash, e.url, canceller=self._cancel_from_user)
         self.transfers[t.transfer_id] = t
         self._links[t.transfer_id] = link
+        self._offers[t.transfer_id] = e
         offer = Offer(sender, e.kind, e.name, e.size, e.hash, e.url)  # URL offers were checked by the protocol
         decision = self.policy.decide(offer)
         if decision.decision != "ask":
@@ -508,29 +561,86 @@ class Sharing(BaseLinkProtocol):
             t._start(t.size, "dedup" if outcome == "have" else "resume")
             self._arrived(t, value, t.lane or "dedup")
             return
-        self._parts[t.transfer_id] = value
+        lane, info = await self._receiving_lane(t, link)
+        if lane is None or t.ended:
+            value.close()
+            return
+        self._parts[t.transfer_id] = PartWriter(value, lambda exc: self._write_failed(link, proto, t, exc), t.transfer_id[:8])
         offset = value.prefix_length
-        lane = proto.choose_lane(tuple(link.lanes))
-        proto.accept(t.transfer_id, offset, value.prefix_hash() if offset else None, lane=lane, now=time.monotonic())
+        proto.accept(t.transfer_id, offset, value.prefix_hash() if offset else None, lane=lane, lane_info=info, now=time.monotonic())
         t._start(offset, lane)
         self._flush(link, proto)
 
-    def _on_chunk(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, e: sp.ChunkReceived) -> None:
-        part = self._parts.get(t.transfer_id)
-        if part is None:
-            return
+    async def _receiving_lane(self, t: Transfer, link: SharingLink) -> tuple[str | None, dict[str, Any] | None]:
+        """Choose the lane for an accepted file (ours and the sender's settings), and for the direct
+        lane open the one-time listener whose details go into the accept."""
+        offer = self._offers.get(t.transfer_id)
+        offered = offer.lanes if offer else (sp.DEFAULT_LANE,)
+        setting = self.lane_setting(t.peer)
+        wanted = {"auto": (direct.NAME, sp.DEFAULT_LANE), "direct": (direct.NAME,)}.get(setting, (sp.DEFAULT_LANE,))
+        lane = next((name for name in wanted if name in offered), None)
+        if lane is None:
+            reason = f"no lane both allow: {t.peer} offers {', '.join(offered)}, {self.user} takes {', '.join(wanted)}"
+            self._refuse(link, t, reason)
+            return None, None
+        if lane != direct.NAME:
+            return lane, None
         try:
-            if e.offset == 0 and part.prefix_length and t.received == t.resumed_from and t.resumed_from:
-                part.truncate(0)  # the sender's prefix differed: start again
-                t.received = t.resumed_from = 0
-            part.write(e.offset, e.data)
-        except (StoreError, OSError, ValueError) as exc:
-            self._parts.pop(t.transfer_id, None)
-            self.store.discard(part)
+            cert = ((offer.lane_info or {}).get(direct.NAME) or {}).get("cert") if offer else None
+            if not direct.is_cert(cert):
+                raise direct.DirectLaneError(f"{t.peer} sent no usable certificate for the direct lane")
+            listener = direct.Listener(self.identity, cert, f"from {t.peer} for {t.name}")
+            info = await listener.start(direct.local_addresses(link))
+        except (direct.DirectLaneError, ssl.SSLError, ValueError) as exc:
+            if sp.DEFAULT_LANE in offered and sp.DEFAULT_LANE in wanted:
+                log.info("%s; receiving %s on the data channel instead", exc, t.name)
+                return sp.DEFAULT_LANE, None
+            self._refuse(link, t, str(exc))
+            return None, None
+        self._direct[t.transfer_id] = listener
+        writer_ready = lambda: self._parts[t.transfer_id].ready() if t.transfer_id in self._parts else _done()  # noqa: E731
+
+        def connected(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            lane_obj = fut.result()
+            if t.ended:
+                lane_obj.close()
+                return
+            self._direct[t.transfer_id] = lane_obj
+            lane_obj.start_reading(lambda frame: link.route_frame(frame, direct.NAME), writer_ready)
+
+        listener.lane.add_done_callback(connected)
+        return lane, {direct.NAME: info}
+
+    def _refuse(self, link: SharingLink, t: Transfer, reason: str) -> None:
+        proto = self._protocols.get(link)
+        if proto is not None:
+            proto.refuse(t.transfer_id, reason)
+            self._flush(link, proto)
+        self._finish(t, "refused", reason)
+
+    def _write_failed(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, exc: BaseException) -> None:
+        writer = self._parts.pop(t.transfer_id, None)
+        if writer is None:
+            return  # all bytes were in: _finalize reports it
+        writer.close(close_part=False)
+        self.store.discard(writer.part)
+        if not t.ended:
             proto.fail(t.transfer_id, f"{self.user} could not store it: {exc}")
             self._flush(link, proto)
             self._finish(t, "failed", str(exc))
+
+    def _on_chunk(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, e: sp.ChunkReceived) -> None:
+        writer = self._parts.get(t.transfer_id)
+        if writer is None:
             return
+        if t.lane == direct.NAME and link.frame_lane != direct.NAME:  # type: ignore[attr-defined]
+            t.lane = link.frame_lane  # type: ignore[attr-defined]  # the sender fell back
+        if e.offset == 0 and writer.part.prefix_length and t.received == t.resumed_from and t.resumed_from:
+            writer.truncate()  # the sender's prefix differed: start again
+            t.received = t.resumed_from = 0
+        writer.write(e.offset, e.data)
         t._advance(len(e.data))
         self._progress(t)
 
@@ -545,12 +655,24 @@ class Sharing(BaseLinkProtocol):
         if part is not None:
             spawn(self._finalize(link, proto, t, part), f"finalize {t.name}")
 
-    async def _finalize(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, part: Any) -> None:
+    async def _finalize(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer, writer: PartWriter) -> None:
         """Verify (fsync + hash) in a worker, seal the transfer, then place the file.
 
         Sealing first means a peer that sends more bytes than it declared fails the
         transfer *before* anything is placed, and cannot fail it afterwards.
         """
+        part = writer.part
+        try:
+            await writer.flush()
+        except BaseException as exc:
+            writer.close(close_part=False)
+            self.store.discard(part)
+            if not t.ended:
+                proto.fail(t.transfer_id, f"{self.user} could not store it: {exc}")
+                self._flush(link, proto)
+                self._finish(t, "failed", str(exc))
+            return
+        writer.close(close_part=False)  # the part is ours now
         try:
             await self._in_worker(self.store.verify, part)
         except (StoreError, OSError, ValueError) as exc:
@@ -596,9 +718,13 @@ class Sharing(BaseLinkProtocol):
         self.host.emit(ev.TransferProgress(transfer=t, bytes=t.received, total=t.size, rate=t.rate, text=t.text))
 
     def _finish(self, t: Transfer, status: str, reason: str = "") -> None:
-        part = self._parts.pop(t.transfer_id, None)
-        if part is not None:
-            part.close()  # kept hidden in .parts for a later resume (removed if empty)
+        writer = self._parts.pop(t.transfer_id, None)
+        if writer is not None:
+            writer.close()  # the part stays hidden in .parts for a later resume (removed if empty)
+        lane = self._direct.pop(t.transfer_id, None)
+        if lane is not None:
+            lane.close()
+        self._offers.pop(t.transfer_id, None)
         self._paths.pop(t.transfer_id, None)
         self._links.pop(t.transfer_id, None)
         self._last_progress.pop(t.transfer_id, None)
@@ -623,6 +749,10 @@ class Sharing(BaseLinkProtocol):
 
     def log_rows(self) -> list[dict[str, Any]]:
         return [t.as_row() for t in self.transfers.values()]
+
+
+async def _done() -> None:
+    return None
 
 
 __all__ = ["Sharing", "SharingHost", "SharingLink", "LOG_COLUMNS"]
