@@ -20,20 +20,17 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mib  # VmHWM: ru_maxrss in a spawned child would include this process's peak
+
 MiB = 1 << 20
 MSG = 64 * 1024
 HIGH, LOW = 1 << 20, 512 * 1024
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_file(path: Path, size: int) -> None:
@@ -146,7 +143,9 @@ def ivisit_side(role: str, url: str, path: str, workdir: str, conn, use_uvloop: 
     from ivisit_nb import Session
 
     user = "alice" if role == "send" else "bob"
-    s = Session.join(url, user, "bench", config_dir=f"{workdir}/cfg", inbox=f"{workdir}/inbox-{user}", use_uvloop=use_uvloop)
+    # the data channel, like the raw baseline (bench/compare.py measures the direct lane)
+    s = Session.join(url, user, "bench", config_dir=f"{workdir}/cfg", inbox=f"{workdir}/inbox-{user}",
+                     use_uvloop=use_uvloop, lane="datachannel")
     try:
         if role == "recv":
             s.receiving = True

@@ -37,7 +37,7 @@ from .listeners import Listeners
 from .mesh import Mesh, Peer
 from .protocol.urls import check_url
 from .room.client import RoomClient
-from .settings import Settings, default_config_dir
+from .settings import LANES, Settings, default_config_dir
 from .sharing.inbox import Inbox
 from .sharing.names import safe_user_dir
 from .sharing.policy import Policy
@@ -76,7 +76,16 @@ __all__ = ["Session", "Peer", "Call"]
 
 
 class Session:
-    """One user in a room (or in no room, for 1:1 calls). Use :meth:`join`."""
+    """One user in a room (or in no room, for 1:1 calls). Use :meth:`join`.
+
+    Options: ``inbox`` (received files, a folder per sender), ``config_dir`` (settings),
+    ``token`` (the room server's secret), ``ice_servers`` (STUN/TURN; none by default) and
+    ``ice_policy`` (``"relay"``: TURN only), ``lane`` (how files travel when a user has no
+    setting of their own: ``"auto"``, the direct TLS lane for large files with the data
+    channel as fallback; ``"direct"`` or ``"datachannel"`` to force one), the timeouts
+    ``call_timeout``, ``offer_timeout`` and ``stall_timeout`` (seconds),
+    ``max_pending_offers`` per peer, ``max_size`` of a received file, and ``use_uvloop``.
+    """
 
     def __init__(
         self,
@@ -89,6 +98,7 @@ class Session:
         token: str | None = None,
         ice_servers: list[Any] | None = None,
         ice_policy: str = "all",
+        lane: str = "auto",
         call_timeout: float = 30.0,
         offer_timeout: float = 120.0,
         max_pending_offers: int = 20,
@@ -98,6 +108,8 @@ class Session:
     ) -> None:
         if not isinstance(user, str) or not user.strip():
             raise ValueError("user must be a non-empty name")
+        if lane not in LANES:
+            raise ValueError(f"lane must be one of {', '.join(LANES)}, not {lane!r}")
         if ice_policy not in ("all", "relay"):
             raise ValueError(f"ice_policy must be 'all' or 'relay' (TURN only), not {ice_policy!r}")
         user = unicodedata.normalize("NFC", user)  # the form the room server uses
@@ -119,6 +131,7 @@ class Session:
             offer_timeout=offer_timeout,
             max_pending_offers=max_pending_offers,
             stall_timeout=stall_timeout,
+            lane=lane,
         )
         self.mesh = Mesh(
             user,

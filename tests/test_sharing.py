@@ -7,7 +7,6 @@ import signal
 import time
 import subprocess
 import sys
-import uuid
 
 import pytest
 
@@ -15,6 +14,7 @@ from ivisit_nb.protocol.sharing import content_hash as hash_bytes
 from ivisit_nb.sharing.hashing import hash_file
 from ivisit_nb.protocol.urls import BadURL
 from helpers import make_file, wait_until
+from rogue import Rogue
 
 
 def next_offer(session, timeout: float = 10.0):
@@ -153,7 +153,9 @@ def test_progress_text_reads_like_ivisit(pair, tmp_path):
 
 
 def _slow_transfer(alice, bob, tmp_path, size=30_000_000):
+    """30 MB on the data channel (about a second here); tests/test_direct.py does the direct lane."""
     bob.settings["alice"].files = "accept"
+    bob.settings["alice"].lane = "datachannel"
     t = alice.send_file(make_file(tmp_path / "slow.bin", size), to="bob")
     incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.direction == "in" and x.received > 0], 20)[0]
     return t, incoming
@@ -207,6 +209,7 @@ def test_resume_after_the_sender_is_killed(server, make_session, tmp_path):
     bob = make_session(server.url, "bob")
     bob.receiving = True
     bob.settings.defaults.files = "accept"
+    bob.settings.defaults.lane = "datachannel"  # tests/test_direct.py kills a sender on the direct lane
     size = 24_000_000
     f = make_file(tmp_path / "movie.bin", size)
     proc = subprocess.Popen(
@@ -238,71 +241,69 @@ def test_resume_after_the_sender_is_killed(server, make_session, tmp_path):
     assert hash_file(got) == hash_file(f)
 
 
-# -- hostile peers: a real session whose sharing layer is bypassed to lie ---------------
+# -- hostile peers: a rogue called alice (tests/rogue.py) says whatever a test wants ------
 
-def _raw_offer(sender, to, name, size, digest, kind="file", url=None):
-    """Send an offer straight through the sender's protocol object, without checks."""
-    tid = uuid.uuid4().hex
+@pytest.fixture
+def bob_and_rogue(server, make_session):
+    """make(**session_kwargs) -> (bob, rogue): bob receiving, and a rogue peer called alice linked to him."""
+    rogues: list[Rogue] = []
 
-    async def _go():
-        link = sender.mesh.link_to(to)
-        proto = sender.sharing._protocol(link)
-        proto.offer(tid, kind, name, size, digest, url=url)
-        sender.sharing._flush(link, proto)
+    def make(**kw):
+        kw.setdefault("offer_timeout", 30)
+        bob = make_session(server.url, "bob", **kw)
+        bob.receiving = True
+        rogue = Rogue(server.url, "alice").start()
+        rogues.append(rogue)
+        rogue.wait_connected("bob")
+        wait_until(lambda: "alice" in bob.peers and bob.peers["alice"].state == "connected", 30)
+        return bob, rogue
 
-    sender._engine.run(_go(), 10)
-    return tid
-
-
-def _raw_data(sender, to, tid, offset, payload):
-    frame = b"\x01" + uuid.UUID(tid).bytes + offset.to_bytes(8, "big") + payload
-
-    async def _go():
-        await sender.mesh.link_to(to).data_lane.send_frame(frame)
-
-    sender._engine.run(_go(), 10)
+    yield make
+    for rogue in rogues:
+        rogue.close()
 
 
 def _incoming(bob, tid):
     return wait_until(lambda: bob.sharing.transfers.get(tid), 10)
 
 
-def test_lying_hash_is_discarded(pair, tmp_path):
-    alice, bob = pair
-    bob.settings["alice"].files = "accept"
-    data = b"A" * 5000
-    tid = _raw_offer(alice, "bob", "evil.txt", len(data), hash_bytes(b"something else"))
+def _accepted(bob, rogue, name, data, **fields):
+    """The rogue offers ``data`` as ``name`` (``fields`` override the offer's); bob accepts it."""
+    tid = rogue.run(rogue.offer("bob", name, data, **fields))
     t = _incoming(bob, tid)
     wait_until(lambda: t.status == "transferring", 10)
-    _raw_data(alice, "bob", tid, 0, data)
+    return tid, t
+
+
+def test_lying_hash_is_discarded(bob_and_rogue, tmp_path):
+    bob, rogue = bob_and_rogue()
+    bob.settings["alice"].files = "accept"
+    data = b"A" * 5000
+    tid, t = _accepted(bob, rogue, "evil.txt", data, hash=hash_bytes(b"something else"))
+    rogue.run(rogue.send_data("bob", tid, 0, data))
     assert t.wait(10) == "failed"
     assert "hash" in t.reason
     assert _nothing_in_view(bob, tmp_path)
     assert not list((tmp_path / "inbox" / "bob" / ".parts").glob("*.part"))
 
 
-def test_more_bytes_than_declared_abort(pair, tmp_path):
-    alice, bob = pair
+def test_more_bytes_than_declared_abort(bob_and_rogue, tmp_path):
+    bob, rogue = bob_and_rogue()
     bob.settings["alice"].files = "accept"
     data = b"B" * 100
-    tid = _raw_offer(alice, "bob", "short.txt", 100, hash_bytes(data))
-    t = _incoming(bob, tid)
-    wait_until(lambda: t.status == "transferring", 10)
-    _raw_data(alice, "bob", tid, 0, data[:60] + b"X" * 500)
+    tid, t = _accepted(bob, rogue, "short.txt", data)
+    rogue.run(rogue.send_data("bob", tid, 0, data[:60] + b"X" * 500))
     assert t.wait(10) == "failed"
     assert "more bytes than declared" in t.reason
     assert _nothing_in_view(bob, tmp_path)
 
 
-def test_fewer_bytes_then_silence_is_not_shown(pair, tmp_path):
-    alice, bob = pair
-    bob.sharing.stall_timeout = 1.5
+def test_fewer_bytes_then_silence_is_not_shown(bob_and_rogue, tmp_path):
+    bob, rogue = bob_and_rogue(stall_timeout=1.5)
     bob.settings["alice"].files = "accept"
     data = b"C" * 1000
-    tid = _raw_offer(alice, "bob", "partial.txt", 1000, hash_bytes(data))
-    t = _incoming(bob, tid)
-    wait_until(lambda: t.status == "transferring", 10)
-    _raw_data(alice, "bob", tid, 0, data[:400])
+    tid, t = _accepted(bob, rogue, "partial.txt", data)
+    rogue.run(rogue.send_data("bob", tid, 0, data[:400]))
     wait_until(lambda: t.received == 400, 10)
     assert t.status == "transferring"
     assert _nothing_in_view(bob, tmp_path)
@@ -326,20 +327,18 @@ HOSTILE_NAMES = [
 
 
 @pytest.mark.parametrize("name, expected", HOSTILE_NAMES)
-def test_hostile_file_names_stay_in_the_senders_folder(pair, tmp_path, name, expected):
-    alice, bob = pair
+def test_hostile_file_names_stay_in_the_senders_folder(bob_and_rogue, tmp_path, name, expected):
+    bob, rogue = bob_and_rogue()
     bob.settings["alice"].files = "accept"
     data = f"payload for {name!r}".encode()
-    tid = _raw_offer(alice, "bob", name, len(data), hash_bytes(data))
-    t = _incoming(bob, tid)
-    wait_until(lambda: t.status == "transferring", 10)
-    _raw_data(alice, "bob", tid, 0, data)
+    tid, t = _accepted(bob, rogue, name, data)
+    rogue.run(rogue.send_data("bob", tid, 0, data))
     assert t.wait(10) == "done"
     inbox = (tmp_path / "inbox" / "bob").resolve()
     path = (inbox / "alice" / expected)
     assert path.read_bytes() == data
     assert os.path.realpath(t.path) == str(path)
-    roots = [(tmp_path / "inbox" / u).resolve() for u in ("alice", "bob")] + [(tmp_path / "config").resolve()]
+    roots = [inbox, (tmp_path / "config").resolve()]
     outside = [p for p in tmp_path.rglob("*") if p.is_file() and p.parent != tmp_path
                and not any(r in p.resolve().parents for r in roots)]
     assert outside == []
@@ -348,27 +347,18 @@ def test_hostile_file_names_stay_in_the_senders_folder(pair, tmp_path, name, exp
 
 @pytest.mark.parametrize("url", ["javascript:alert(1)", "data:text/html,<b>x</b>", "file:///etc/passwd", "ftp://x.org/f",
                                  "https://x.org/" + "a" * 9000])
-def test_url_schemes_are_refused(pair, url):
-    alice, bob = pair
+def test_url_schemes_are_refused(bob_and_rogue, url):
+    bob, rogue = bob_and_rogue()
     with pytest.raises(BadURL):
-        alice.send_url(url, to="bob")
+        bob.send_url(url, to="alice")
     # a hostile sender that skips its own checks is refused by the receiver
     bob.settings["alice"].urls = "accept"
-    tid = uuid.uuid4().hex
-    msg = {"t": "offer", "id": tid, "kind": "url", "name": url, "size": 0, "hash": hash_bytes(url.encode()), "url": url}
     before = len(bob.sharing.violations)
-    assert alice._engine.run(_async(lambda: alice.mesh.link_to("bob").send(msg)), 5)
+    tid = rogue.run(rogue.offer_url("bob", url))
+    assert rogue.answer("bob", tid)["t"] == "refuse"
     wait_until(lambda: len(bob.sharing.violations) > before, 10)
     assert bob.sharing.violations[-1]["peer"] == "alice"
     assert len(bob.inbox.items) == 0 and tid not in bob.sharing.transfers
-
-
-async def _call(fn):
-    return fn()
-
-
-def _async(fn):
-    return _call(fn)
 
 
 def test_urls_are_kept_not_fetched(pair):
@@ -379,20 +369,17 @@ def test_urls_are_kept_not_fetched(pair):
     assert (item.kind, item.url, item.path) == ("url", "https://jupyter.org/", None)
 
 
-def test_offer_flood_is_capped(server, make_session, tmp_path):
-    alice = make_session(server.url, "alice")
-    bob = make_session(server.url, "bob", max_pending_offers=5)
-    bob.wait_for_peers(timeout=30).wait()
-    alice.wait_for_peers(timeout=30).wait()
-    bob.receiving = True
-    for i in range(12):
-        _raw_offer(alice, "bob", f"f{i}.txt", 1, hash_bytes(bytes([i])))
+def test_offer_flood_is_capped(bob_and_rogue):
+    bob, rogue = bob_and_rogue(max_pending_offers=5)
+    tids = [rogue.run(rogue.offer("bob", f"f{i}.txt", bytes([i]))) for i in range(12)]
     wait_until(lambda: len(bob.policy_log) >= 7, 10)
     assert len(bob.pending_offers) == 5
     log = bob.policy_log
     flooded = log[log.decided_by == "flood limit"]
     assert len(flooded) == 7
     assert all("too many pending offers from alice" in r for r in flooded.reason)
+    answers = [rogue.answer("bob", tid) for tid in tids[5:]]
+    assert {(a["t"], a["reason"]) for a in answers} == {("refuse", "too many pending offers from alice")}
 
 
 def test_room_send_to_three_receivers_with_mixed_decisions(server, make_session, tmp_path):
@@ -517,6 +504,7 @@ def test_a_slow_disk_does_not_stall_heartbeats(pair, tmp_path):
 def test_leaving_cancels_transfers_with_a_reason(pair, tmp_path):
     alice, bob = pair
     bob.settings["alice"].files = "accept"
+    bob.settings["alice"].lane = "datachannel"  # slow enough to leave mid-transfer
     t = alice.send_file(make_file(tmp_path / "big.bin", 30_000_000), to="bob")
     incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.received > 0], 20)[0]
     alice.leave()
