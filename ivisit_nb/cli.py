@@ -214,15 +214,66 @@ def _configure_server(p: argparse.ArgumentParser) -> None:
         help="shared secret clients must send (default: $IVISIT_NB_TOKEN, else none)",
     )
     p.add_argument("--max-members", type=_positive, default=50, help="members per room (default 50)")
+    p.add_argument(
+        "--redis", default=None, metavar="URL",
+        help="run as one instance of a cluster that shares rooms through Redis, e.g. "
+        "redis://127.0.0.1:6379/0 (needs pip install 'ivisit-nb[cluster]'; see docs/room.md)",
+    )
+    p.add_argument(
+        "--turn-secret", default=os.environ.get("IVISIT_NB_TURN_SECRET") or None,
+        help="coturn's --static-auth-secret: hand each joining user short-lived TURN credentials "
+        "(default: $IVISIT_NB_TURN_SECRET, else none); needs --turn-url",
+    )
+    p.add_argument(
+        "--turn-url", action="append", default=None, metavar="URL",
+        help="the TURN server for those credentials, e.g. turn:HOST:3478 (repeat for more URLs)",
+    )
+    p.add_argument(
+        "--turn-ttl", type=_positive, default=3600,
+        help="seconds each TURN credential stays valid (default 3600); see docs/turn.md",
+    )
+
+
+def _turn_extras(args: argparse.Namespace) -> Callable[[str], dict[str, Any]] | None:
+    """The ``welcome_extras`` callable for ``--turn-secret``/``--turn-url``, or None if neither
+    was given. Raises ``ValueError`` with what to fix if only one was, or a URL is malformed."""
+    if not args.turn_secret and not args.turn_url:
+        return None
+    if not args.turn_secret:
+        raise ValueError("--turn-url needs --turn-secret (the TURN server's --static-auth-secret)")
+    if not args.turn_url:
+        raise ValueError("--turn-secret needs --turn-url, e.g. --turn-url turn:HOST:3478")
+    from .room.turn import TurnCredentials
+
+    return TurnCredentials(args.turn_secret, tuple(args.turn_url), args.turn_ttl).welcome_extras
 
 
 @register("server", "run a room server (signalling only)", _configure_server)
 def _run_server(args: argparse.Namespace) -> int:
+    from .room.redis_directory import ClusterError
     from .room.server import serve
 
     # Presence lines are written from a thread: a parent that reads only our first
     # line must never be able to stall the server by leaving the pipe full.
     out = Output(args.json, background=True)
+    try:
+        welcome_extras = _turn_extras(args)
+    except ValueError as exc:
+        out.error(str(exc), code="bad-turn-options")
+        out.close()
+        return 2
+    if welcome_extras is not None and args.token is None:
+        log.warning("--turn-secret without --token: anyone who reaches this server gets TURN credentials")
+    cluster: dict[str, Any] = {}
+    if args.redis:
+        try:
+            from .room.redis_directory import RedisDirectory
+
+            cluster["directory"] = RedisDirectory(args.redis)
+        except ImportError as exc:
+            out.error(str(exc), code="no-redis-client")
+            out.close()
+            return 2
 
     def listening(url: str) -> None:
         out.event({"event": "listening", "url": url}, f"listening on {url}")
@@ -236,7 +287,7 @@ def _run_server(args: argparse.Namespace) -> int:
         run_until_signal(
             serve(
                 args.host, args.port, token=args.token, max_members=args.max_members,
-                on_listening=listening, on_event=presence,
+                on_listening=listening, on_event=presence, welcome_extras=welcome_extras, **cluster,
             )
         )
     except OSError as exc:
@@ -245,6 +296,9 @@ def _run_server(args: argparse.Namespace) -> int:
             "pick another --port (0 picks a free one) or stop whatever uses it",
             code="listen-failed",
         )
+        return 1
+    except ClusterError as exc:  # e.g. its --token differs from the cluster's
+        out.error(str(exc), code="cluster-refused")
         return 1
     except KeyboardInterrupt:
         pass

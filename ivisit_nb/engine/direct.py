@@ -50,7 +50,8 @@ LISTEN_TIMEOUT = 15.0  # the listener gives up after this
 MAX_ATTEMPTS = 16  # failed connections a listener tolerates (port scanners)
 TOKEN_BYTES = 32
 ACK = b"\x01"  # the listener's one-byte answer to a right token
-WRITE_BUFFER = 4 << 20
+WRITE_BUFFER = 2 << 20
+STREAM_LIMIT = 2 << 20  # the reader's buffer: a whole frame fits without pausing the socket
 #: Tests and benches may replace the advertised candidates, e.g. "127.0.0.1:1" (refuses).
 CANDIDATES_ENV = "IVISIT_NB_DIRECT_CANDIDATES"
 
@@ -207,8 +208,7 @@ class DirectTlsLane:
     async def send_frame(self, frame: bytes) -> None:
         if not self.open:
             raise ConnectionError(f"the direct lane {self.describe} is closed")
-        self.writer.write(len(frame).to_bytes(4, "big"))
-        self.writer.write(frame)
+        self.writer.writelines((len(frame).to_bytes(4, "big"), frame))
         self.bytes_sent += len(frame)
         await self.writer.drain()
 
@@ -266,7 +266,8 @@ class Listener:
         for address in addresses:
             try:
                 server = await asyncio.start_server(
-                    self._on_connection, address, 0, ssl=self._context, ssl_handshake_timeout=HELLO_TIMEOUT
+                    self._on_connection, address, 0, ssl=self._context, ssl_handshake_timeout=HELLO_TIMEOUT,
+                    limit=STREAM_LIMIT,
                 )
             except OSError as exc:
                 log.debug("cannot listen on %s: %s", address, exc)
@@ -358,7 +359,7 @@ async def connect(identity: Identity, info: Any, describe: str, timeout: float =
     pinned = cert_fingerprint(cert)
 
     async def attempt(host: str, port: int) -> DirectTlsLane:
-        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=None)
+        reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=None, limit=STREAM_LIMIT)
         if _peer_fingerprint(writer) != pinned:  # belt and braces: TLS verified it already
             writer.close()
             raise DirectLaneError(f"{host}:{port} presented another certificate")

@@ -147,7 +147,8 @@ class OfferRefused(SharingEvent):
 @dataclass(frozen=True)
 class ChunkReceived(SharingEvent):
     """Bytes to write at ``offset``. ``offset == 0`` means: truncate the part file
-    to 0 first (a fresh transfer, or the sender restarting a resume from 0)."""
+    to 0 first (a fresh transfer, or the sender restarting a resume from 0).
+    ``data`` is a read-only memoryview into the frame (compare it with bytes as usual)."""
 
     transfer_id: str
     offset: int
@@ -742,7 +743,7 @@ class SharingProtocol:
             return
         transfer_id = frame[1:17].hex()
         offset = int.from_bytes(frame[17:HEADER_LEN], "big")
-        payload = frame[HEADER_LEN:]
+        payload = memoryview(frame)[HEADER_LEN:]  # no copy of up to a MiB per frame
         t = self._transfers.get(transfer_id)
         if t is None:
             self._violation(f"data for unknown transfer {transfer_id}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from .directory import ConnId, Directory
+from .directory import Address, ConnId, Directory, SharedDirectory, Unavailable
 from .hub import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL,
@@ -27,6 +27,7 @@ from .hub import (
     EventCallback,
     Outcome,
     RoomHub,
+    WelcomeExtras,
 )
 
 log = logging.getLogger("ivisit_nb.room")
@@ -106,7 +107,10 @@ class RoomApp:
 
     ``await app.start()`` binds and listens (port 0 picks a free port, see
     :attr:`port`); ``await app.stop()`` closes every client and the listener.
-    ``directory`` is passed to the hub (default: a fresh in-memory one).
+    ``directory`` and ``welcome_extras`` are passed to the hub (default directory: a fresh
+    in-memory one). A :class:`~ivisit_nb.room.directory.SharedDirectory` (a cluster,
+    e.g. :class:`~ivisit_nb.room.redis_directory.RedisDirectory`) is started and
+    stopped with the app; each ``hello`` is admitted by it before the hub sees it.
     """
 
     def __init__(
@@ -124,10 +128,12 @@ class RoomApp:
         on_event: EventCallback | None = None,
         backlog: int = 1024,
         directory: Directory | None = None,
+        welcome_extras: WelcomeExtras | None = None,
     ) -> None:
         self.hub = RoomHub(
             token=token, max_members=max_members, rate=rate, burst=burst,
             max_message=max_message, on_event=on_event, directory=directory,
+            welcome_extras=welcome_extras,
         )
         self.host = host
         self.port = port
@@ -139,6 +145,8 @@ class RoomApp:
         self._handlers: set[asyncio.Task[Any]] = set()
         self._ids = itertools.count(1)
         self._ticker: asyncio.Task[None] | None = None
+        shared = self.hub.directory
+        self._shared: SharedDirectory | None = shared if isinstance(shared, SharedDirectory) else None
 
     @property
     def url(self) -> str:
@@ -147,7 +155,16 @@ class RoomApp:
         return f"ws://{host}:{self.port}/"
 
     async def start(self) -> None:
-        """Bind (with SO_REUSEADDR) and start serving; raises ``OSError`` if the port is taken."""
+        """Bind (with SO_REUSEADDR) and start serving; raises ``OSError`` if the port is taken.
+
+        With a shared directory, joins the cluster first (and raises what its
+        ``start`` raises, e.g. :class:`~ivisit_nb.room.redis_directory.ClusterError`).
+        """
+        if self._shared is not None:
+            await self._shared.start(
+                self.hub.instance, token=self.hub.token, on_presence=self._on_presence,
+                on_frame=self._on_frame, on_lost=self._on_lost,
+            )
         app = web.Application()
         app.router.add_get("/", self._handle)
         app.router.add_get("/health", self._health)
@@ -166,6 +183,8 @@ class RoomApp:
             await site.start()
         except BaseException:
             await runner.cleanup()
+            if self._shared is not None:
+                await self._shared.stop()
             raise
         self.port = sock.getsockname()[1]
         self._runner = runner
@@ -187,10 +206,50 @@ class RoomApp:
         for link in list(self._links.values()):
             link.abort()
         await runner.cleanup()
+        if self._shared is not None:
+            await self._shared.stop()
         log.info("room server on port %d stopped", self.port)
 
     async def _health(self, request: web.Request) -> web.Response:
+        shared = self._shared
+        if shared is not None and not getattr(shared, "available", True):
+            problem = getattr(shared, "problem", "") or "the shared directory is away"
+            return web.Response(status=503, text=f"unavailable: {problem}\n")
         return web.Response(text="ok")
+
+    # -- a shared directory's callbacks (on this loop) ---------------------------------
+
+    def _on_presence(self, room: str, user: str, joined: bool) -> None:
+        self._dispatch(self.hub.presence(room, user, joined, time.monotonic()))
+
+    def _on_frame(self, conn: str, text: str) -> None:
+        conn_id = int(conn) if conn.isascii() and conn.isdigit() else conn  # our ids are ints
+        self._dispatch(self.hub.deliver(conn_id, text))
+
+    def _on_lost(self) -> None:
+        self._dispatch(self.hub.tick(time.monotonic()))  # closes the connections that lost their names
+
+    async def _admit(self, conn: ConnId, frame: str | bytes) -> Outcome | None:
+        """With a shared directory: have it admit the name of a ``hello`` before the hub sees it.
+
+        Returns the outcome to dispatch, or ``None`` if this frame is not such a
+        ``hello`` (the hub handles it as usual).
+        """
+        shared, hub = self._shared, self.hub
+        if shared is None or hub.joined(conn):
+            return None
+        hello = hub.admission(conn, frame)
+        if hello is None:
+            return None
+        owner = Address(hub.instance, conn)
+        try:
+            await shared.admit(hello.user, hello.key, hello.room, owner, hub.max_members, hub.name_lease)
+        except Unavailable as exc:
+            return hub.unavailable(conn, str(exc))
+        out = hub.receive(conn, frame, time.monotonic())
+        if not hub.joined(conn):
+            shared.release(hello.key, owner)  # refused after all: give the claim back
+        return out
 
     async def _tick_forever(self) -> None:
         """Keep the names of live connections claimed (see :meth:`RoomHub.tick`)."""
@@ -210,6 +269,9 @@ class RoomApp:
             link = self._links.get(conn)
             if link is not None:
                 link.finish(code, reason)
+        if out.forwards and self._shared is not None:
+            for address, text in out.forwards:
+                self._shared.forward(address, text)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
@@ -244,7 +306,8 @@ class RoomApp:
                     out = hub.expire(conn, time.monotonic())
                 else:
                     if msg.type is WSMsgType.TEXT or msg.type is WSMsgType.BINARY:
-                        out = hub.receive(conn, msg.data, time.monotonic())
+                        admitted = None if self._shared is None else await self._admit(conn, msg.data)
+                        out = admitted if admitted is not None else hub.receive(conn, msg.data, time.monotonic())
                     else:  # CLOSE / CLOSING / CLOSED / ERROR (e.g. over aiohttp's size cap)
                         if msg.type is WSMsgType.ERROR:
                             log.info("connection %d: websocket error %r", conn, msg.data)

@@ -5,6 +5,9 @@ with backoff and reports the room roster again, so the mesh can be re-formed.
 A refusal that retrying cannot fix (wrong token, room full, a name the server
 does not accept or that someone else holds) ends the reconnecting and is
 reported once, as ``{"type": "refused", ...}``.
+
+Given several URLs (the instances of a cluster, ``docs/room.md``), it tries
+them in turn: the one that worked last first, then the others.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import aiohttp
 
 log = logging.getLogger("ivisit_nb.room.client")
 
-# Refusals that the same hello would get again: stop reconnecting.
+# Refusals that the same hello would get again: stop reconnecting. ("unavailable", a
+# cluster instance without its Redis, and "rate-limited" are worth retrying.)
 FATAL_CODES = frozenset({"bad-token", "name-taken", "room-full", "bad-name", "bad-message"})
 
 # After a network blip the server may still hold our old connection, and so our
@@ -65,6 +69,14 @@ class RoomClient:
     The first :meth:`connect` raises :class:`JoinRefused` for any refusal
     instead (no grace there: nobody else held our name before).
 
+    ``url`` is one room-server URL or a list of them (instances of one
+    cluster). :meth:`connect` tries them in order until one welcomes us; a
+    server that cannot be reached or answers ``unavailable`` counts as a
+    failure to try the next one, any other refusal is raised at once. Each
+    reconnect round tries the URL that worked last first, then the others in
+    order, and backs off only after a whole round failed. :attr:`url` is the
+    URL in use (or last used), :attr:`urls` all of them.
+
     :attr:`user` is the name we asked for until the server welcomes us, then
     the server's canonical form of it (``welcome["user"]``, NFC), which later
     reconnects also use.
@@ -72,7 +84,7 @@ class RoomClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str] | tuple[str, ...],
         user: str,
         room: str | None,
         handler: Callable[[dict[str, Any]], Awaitable[None]],
@@ -80,7 +92,12 @@ class RoomClient:
         *,
         name_taken_grace: float = NAME_TAKEN_GRACE,
     ) -> None:
-        self.url, self.user, self.room, self.token = url, user, room, token
+        urls = [url] if isinstance(url, str) else list(url)
+        if not urls or not all(isinstance(u, str) and u for u in urls):
+            raise ValueError(f"url must be a room-server URL or a non-empty list of them, not {url!r}")
+        self.urls: list[str] = urls
+        self.url = urls[0]
+        self.user, self.room, self.token = user, room, token
         self.name_taken_grace = name_taken_grace
         self._handler = handler
         self._http: aiohttp.ClientSession | None = None
@@ -91,20 +108,45 @@ class RoomClient:
         self.refused: JoinRefused | None = None
 
     async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Join and return the ``welcome``; raises :class:`JoinRefused` or ``OSError``."""
+        """Join and return the ``welcome``; raises :class:`JoinRefused` or ``OSError``.
+
+        With several URLs, ``timeout`` is for the whole round; the error raised
+        when none of them welcomed us is the last one's.
+        """
         self._http = aiohttp.ClientSession()
         try:
-            welcome = await asyncio.wait_for(self._open(), timeout)
+            welcome = await asyncio.wait_for(self._first_join(), timeout)
         except BaseException:
             await self._http.close()
             raise
         self._task = asyncio.ensure_future(self._run())
         return welcome
 
-    async def _open(self) -> dict[str, Any]:
-        """One join attempt: connect, hello, and the server's answer."""
+    async def _first_join(self) -> dict[str, Any]:
+        error: BaseException | None = None
+        for url in self.urls:
+            try:
+                return await self._open(url)
+            except JoinRefused as exc:
+                if exc.code != "unavailable":
+                    raise
+                error = exc
+            except (OSError, aiohttp.ClientError, ConnectionError) as exc:
+                error = exc
+            if len(self.urls) > 1:
+                log.info("room server %s: %s; trying the next one", url, error)
+        assert error is not None
+        raise error
+
+    def _rotation(self) -> list[str]:
+        """The URLs for one reconnect round: the one that worked last first."""
+        return [self.url] + [u for u in self.urls if u != self.url]
+
+    async def _open(self, url: str | None = None) -> dict[str, Any]:
+        """One join attempt at ``url`` (default :attr:`url`): connect, hello, and the server's answer."""
         assert self._http is not None
-        ws = await self._http.ws_connect(self.url, heartbeat=15.0, max_msg_size=1 << 20)
+        url = self.url if url is None else url
+        ws = await self._http.ws_connect(url, heartbeat=15.0, max_msg_size=1 << 20)
         try:
             hello: dict[str, Any] = {"type": "hello", "version": 1, "user": self.user, "room": self.room}
             if self.token is not None:
@@ -128,6 +170,7 @@ class RoomClient:
             raise
         if isinstance(reply.get("user"), str):
             self.user = reply["user"]  # the canonical form of our name
+        self.url = url
         self._ws = ws
         self.connected = True
         return reply
@@ -154,20 +197,23 @@ class RoomClient:
         while not self._closing:
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
-            try:
-                welcome = await asyncio.wait_for(self._open(), 5.0)
-            except JoinRefused as exc:
-                if exc.code == "name-taken" and loop.time() - lost_at < self.name_taken_grace:
-                    log.info("rejoin refused, probably by our own old connection; retrying: %s", exc)
+            for url in self._rotation():
+                if self._closing:
+                    return None
+                try:
+                    welcome = await asyncio.wait_for(self._open(url), 5.0)
+                except JoinRefused as exc:
+                    if exc.code == "name-taken" and loop.time() - lost_at < self.name_taken_grace:
+                        log.info("rejoin refused, probably by our own old connection; retrying: %s", exc)
+                        continue
+                    if exc.code in FATAL_CODES:
+                        return exc
+                    log.info("rejoin at %s refused; retrying: %s", url, exc)  # unavailable, rate-limited
                     continue
-                if exc.code in FATAL_CODES:
-                    return exc
-                log.info("rejoin refused; retrying: %s", exc)  # e.g. rate-limited: try again
-                continue
-            except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
-                continue  # the server is not back yet
-            await self._deliver(welcome)
-            return None
+                except (OSError, asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+                    continue  # this server is not back yet
+                await self._deliver(welcome)
+                return None
         return None
 
     async def _deliver(self, message: dict[str, Any]) -> None:

@@ -25,13 +25,18 @@ the hub:
 The methods are synchronous so the hub stays a plain state machine. Every
 method that depends on leases takes ``now`` (the caller's monotonic clock);
 a shared directory may use its own clock instead.
+
+A directory shared by several processes also implements :class:`SharedDirectory`:
+its I/O is asynchronous, so the I/O layer awaits :meth:`SharedDirectory.admit`
+for each ``hello`` before feeding it to the hub, and the synchronous methods
+answer from a local replica (``ivisit_nb.room.redis_directory``).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 ConnId = str | int
 """An opaque connection id, assigned by the I/O layer (unique within one instance)."""
@@ -100,6 +105,60 @@ class Directory(Protocol):
 
     def names(self) -> list[str]:
         """Every claimed name, in claiming order (a lapsed lease counts until it is claimed again)."""
+        ...
+
+
+class Unavailable(RuntimeError):
+    """The shared directory cannot be reached right now; new joins must wait (code ``unavailable``)."""
+
+
+PresenceCallback = Callable[[str, str, bool], None]
+"""``on_presence(room, user, joined)``: the replica saw ``user`` join (True) or leave ``room``."""
+FrameCallback = Callable[[str, str], None]
+"""``on_frame(conn, text)``: a frame forwarded from another instance for local connection ``conn``
+(the id as text)."""
+
+
+@runtime_checkable
+class SharedDirectory(Directory, Protocol):
+    """A :class:`Directory` shared by several server processes (a cluster).
+
+    The hub's synchronous calls are answered from a local replica. What needs
+    the shared store is asynchronous and driven by the I/O layer
+    (:class:`~ivisit_nb.room.app.RoomApp`):
+
+    * :meth:`start` connects and keeps the replica fed; it calls
+      ``on_presence`` for *every* presence change, this instance's users
+      included (so ``announces_presence`` is true and the hub leaves telling
+      to :meth:`RoomHub.presence <ivisit_nb.room.hub.RoomHub.presence>`),
+      ``on_frame`` for frames other instances forward to local connections,
+      and ``on_lost()`` when names of local connections were taken away (the
+      app then runs the hub's ``tick`` so they are closed).
+    * :meth:`admit` claims a name (and a room place) before the hub sees the
+      ``hello``; the hub's next :meth:`claim` and :meth:`join` of that name
+      report its verdict.
+    * :meth:`forward` carries a frame to a connection of another instance.
+    """
+
+    announces_presence: bool
+
+    async def start(
+        self, instance: str, *, token: str | None, on_presence: PresenceCallback,
+        on_frame: FrameCallback, on_lost: Callable[[], None],
+    ) -> None:
+        """Connect and start the background tasks; raise if this instance must not join the cluster."""
+        ...
+
+    async def stop(self) -> None:
+        """Leave the cluster: this instance's users leave everyone's presence at once."""
+        ...
+
+    async def admit(self, name: str, key: str, room: str | None, owner: Address, limit: int, lease_s: float) -> Any:
+        """Claim ``key`` for ``name`` (and a place in ``room``) for ``owner``; raise :class:`Unavailable`."""
+        ...
+
+    def forward(self, address: Address, text: str) -> None:
+        """Send ``text`` to connection ``address.conn`` of instance ``address.instance`` (best effort)."""
         ...
 
 

@@ -37,6 +37,7 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # "unavailable": a clustered server lost its shared directory for now
 CLOSE_BAD_HELLO = 4000
 CLOSE_BAD_TOKEN = 4001
 CLOSE_NAME_TAKEN = 4002
@@ -46,6 +47,7 @@ CLOSE_BAD_NAME = 4005
 CLOSE_RATE_LIMITED = 4008
 
 EventCallback = Callable[[dict[str, Any]], None]
+WelcomeExtras = Callable[[str], dict[str, Any]]  # user -> extra welcome fields (e.g. TURN credentials)
 
 
 def dumps(message: dict[str, Any]) -> str:
@@ -56,6 +58,10 @@ def dumps(message: dict[str, Any]) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _hello_close(code: str) -> int:
+    return CLOSE_BAD_NAME if code == "bad-name" else CLOSE_BAD_HELLO
 
 
 def _frame_size(frame: str | bytes) -> int:
@@ -92,11 +98,24 @@ class Outcome:
     ``sends``: ``(connection id, text)`` pairs, each a serialised frame for that
     connection (one ``str`` object may be shared by many pairs). ``closes``:
     ``(connection id, close code, reason)``, each to be closed once the frames
-    queued for it have been sent.
+    queued for it have been sent. ``forwards``: ``(address, text)`` frames for
+    connections of *other* server processes, to be handed to a shared
+    directory (:meth:`~ivisit_nb.room.directory.SharedDirectory.forward`);
+    always empty with a single-process directory.
     """
 
     sends: list[tuple[ConnId, str]] = field(default_factory=list)
     closes: list[tuple[ConnId, int, str]] = field(default_factory=list)
+    forwards: list[tuple[Address, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """A ``hello`` that passed every check up to the name: what a shared directory must admit."""
+
+    user: str  # canonical name
+    key: str  # its look-alike skeleton
+    room: str | None  # canonical room name, or None for no room
 
 
 class _Conn:
@@ -125,7 +144,8 @@ class RoomHub:
     ``directory`` holds names, rooms and routes (a fresh :class:`MemoryDirectory`
     by default); ``instance`` names this process in the directory's addresses
     (random by default); a name claim lasts ``name_lease`` seconds and
-    :meth:`tick` renews it.
+    :meth:`tick` renews it. ``welcome_extras(user)``, if given, returns fields added to
+    each ``welcome`` (``ivisit_nb.room.turn`` uses it to hand out ``ice_servers``).
     User names are canonical (NFC) and unique up to look-alikes, see
     :mod:`ivisit_nb.room.names`.
 
@@ -146,6 +166,7 @@ class RoomHub:
         directory: Directory | None = None,
         instance: str | None = None,
         name_lease: float = NAME_LEASE,
+        welcome_extras: WelcomeExtras | None = None,
     ) -> None:
         if max_members < 1:
             raise ValueError("max_members must be at least 1")
@@ -162,6 +183,10 @@ class RoomHub:
         self.directory: Directory = MemoryDirectory() if directory is None else directory
         self.instance = uuid.uuid4().hex[:12] if instance is None else instance
         self.name_lease = name_lease
+        # A shared directory announces every presence change to every instance, this one
+        # included (see presence()); the hub then must not tell its members itself.
+        self._announced = bool(getattr(self.directory, "announces_presence", False))
+        self.welcome_extras = welcome_extras
         self._conns: dict[ConnId, _Conn] = {}
         self._accepted = 0
 
@@ -244,6 +269,58 @@ class RoomHub:
                     "connection took it; reconnect under another name",
                     close=CLOSE_NAME_TAKEN,
                 )
+        return out
+
+    # -- a shared directory (several server processes) ------------------------------
+
+    def admission(self, conn: ConnId, frame: str | bytes) -> Hello | None:
+        """The :class:`Hello` in ``frame`` if :meth:`receive` would take it as far as the name
+        check, else ``None``. Pure: changes nothing, spends no rate-limit token.
+
+        With a shared directory the I/O layer asks the directory to admit this
+        name (an awaited round trip) and then feeds the same frame to :meth:`receive`.
+        """
+        c = self._conns.get(conn)
+        if c is None or c.closed or c.joined or not isinstance(frame, str):
+            return None
+        if _frame_size(frame) > self.max_message:
+            return None
+        try:
+            msg = json.loads(frame, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            return None
+        if not isinstance(msg, dict) or msg.get("type") != "hello":
+            return None
+        checked = self._check_hello(msg)
+        return checked if isinstance(checked, Hello) else None
+
+    def unavailable(self, conn: ConnId, message: str) -> Outcome:
+        """Refuse connection ``conn``'s ``hello`` because the shared directory cannot be reached.
+
+        A fatal ``unavailable`` error (close code 1013): the client should try again
+        later or at another server of the cluster.
+        """
+        out = Outcome()
+        c = self._conns.get(conn)
+        if c is not None and not c.closed:
+            self._refuse(out, c, "unavailable", message, CLOSE_TRY_AGAIN)
+        return out
+
+    def presence(self, room: str, user: str, joined: bool, now: float) -> Outcome:
+        """``user`` joined (or left) ``room``, as announced by a shared directory:
+        tell this hub's members of that room (never ``user`` itself)."""
+        out = Outcome()
+        kind = "joined" if joined else "left"
+        names = [m for m in self.directory.members(room) if m != user]
+        self._tell(out, names, dumps({"type": kind, "room": room, "user": user}), now)
+        return out
+
+    def deliver(self, conn: ConnId, text: str) -> Outcome:
+        """A frame forwarded from another server process for connection ``conn`` of this one."""
+        out = Outcome()
+        c = self._conns.get(conn)
+        if c is not None and c.joined and not c.closed:
+            out.sends.append((conn, text))
         return out
 
     # -- frames ------------------------------------------------------------------
@@ -335,39 +412,42 @@ class RoomHub:
 
     # -- the messages -------------------------------------------------------------
 
-    def _hello(self, out: Outcome, c: _Conn, msg: dict[str, Any], now: float) -> None:
+    def _check_hello(self, msg: dict[str, Any]) -> Hello | tuple[str, str, int]:
+        """A ``hello``'s fields and token: the :class:`Hello`, or ``(code, message, close code)``."""
         version = msg.get("version")
         if version != PROTOCOL_VERSION or isinstance(version, bool):
-            return self._bad_hello(
-                out, c, "bad-message",
-                f"'version' must be {PROTOCOL_VERSION} (got {version!r}); this server speaks "
+            return (
+                "bad-message",
+                f"bad hello: 'version' must be {PROTOCOL_VERSION} (got {version!r}); this server speaks "
                 f"protocol version {PROTOCOL_VERSION}",
+                CLOSE_BAD_HELLO,
             )
         try:
             user = canonical_name(msg.get("user"), "user")
         except BadName as exc:
-            return self._bad_hello(out, c, exc.code, exc.message)
+            return exc.code, f"bad hello: {exc.message}", _hello_close(exc.code)
         room = msg.get("room")
         if room is not None:
             try:
                 room = canonical_name(room, "room")
             except BadName as exc:
-                return self._bad_hello(out, c, exc.code, f"{exc.message} (or null for no room)")
+                return exc.code, f"bad hello: {exc.message} (or null for no room)", _hello_close(exc.code)
         if self.token is not None:
             given = msg.get("token")
             if given is None:
-                return self._refuse(
-                    out, c, "bad-token",
-                    "this server needs a token; pass the server's shared secret as 'token'",
-                    CLOSE_BAD_TOKEN,
-                )
+                return "bad-token", "this server needs a token; pass the server's shared secret as 'token'", CLOSE_BAD_TOKEN
             if not isinstance(given, str) or not hmac.compare_digest(
                 given.encode("utf-8", "surrogatepass"), self.token.encode("utf-8")
             ):
-                return self._refuse(
-                    out, c, "bad-token", "wrong token; ask whoever runs the server for its --token", CLOSE_BAD_TOKEN
-                )
-        key = skeleton(user)
+                return "bad-token", "wrong token; ask whoever runs the server for its --token", CLOSE_BAD_TOKEN
+        return Hello(user, skeleton(user), room)
+
+    def _hello(self, out: Outcome, c: _Conn, msg: dict[str, Any], now: float) -> None:
+        checked = self._check_hello(msg)
+        if not isinstance(checked, Hello):
+            code, message, close = checked
+            return self._refuse(out, c, code, message, close)
+        user, key, room = checked.user, checked.key, checked.room
         address = Address(self.instance, c.id)
         if not self.directory.claim(user, key, address, self.name_lease, now):
             holder = self.directory.holder(key, now)
@@ -392,11 +472,12 @@ class RoomHub:
             )
         c.user, c.key, c.room, c.joined = user, key, room, True
         others = [] if room is None else [m for m in self.directory.members(room) if m != user]
-        out.sends.append((
-            c.id,
-            dumps({"type": "welcome", "user": user, "room": room, "members": others, "max_message": self.max_message}),
-        ))
-        self._tell(out, others, dumps({"type": "joined", "room": room, "user": user}), now)
+        welcome = {"type": "welcome", "user": user, "room": room, "members": others, "max_message": self.max_message}
+        if self.welcome_extras is not None:
+            welcome = {**self.welcome_extras(user), **welcome}  # extras never replace the core fields
+        out.sends.append((c.id, dumps(welcome)))
+        if not self._announced:
+            self._tell(out, others, dumps({"type": "joined", "room": room, "user": user}), now)
         log.info("%s joined %s from %s", user, room if room is not None else "(no room)", c.remote)
         self._emit({"event": "joined", "user": user, "room": room})
 
@@ -412,7 +493,8 @@ class RoomHub:
             return  # the name had passed to another connection; the room place is its own now
         if room is not None:
             self.directory.leave(room, user)
-            self._tell(out, self.directory.members(room), dumps({"type": "left", "room": room, "user": user}), now)
+            if not self._announced:
+                self._tell(out, self.directory.members(room), dumps({"type": "left", "room": room, "user": user}), now)
         log.info("%s left %s", user, room if room is not None else "(no room)")
         self._emit({"event": "left", "user": user, "room": room})
 
@@ -426,8 +508,9 @@ class RoomHub:
             return self._error(
                 out, c, "bad-message", f"bad signal: 'data' must be a JSON object, not {type(data).__name__}"
             )
-        target = self._local(self.directory.route(to, now))
-        if target is None:
+        address = self.directory.route(to, now)
+        target = self._local(address)
+        if target is None and (address is None or address.instance == self.instance):
             return self._error(
                 out, c, "no-such-user",
                 f"no user {to!r} is connected to this server; they may have left. Check the "
@@ -438,7 +521,11 @@ class RoomHub:
             text = dumps({"type": "signal", "from": c.user, "data": data})
         except (ValueError, RecursionError):
             return self._error(out, c, "bad-message", "bad signal: 'data' is nested too deeply")
-        out.sends.append((target.id, text))
+        if target is None:
+            assert address is not None
+            out.forwards.append((address, text))  # a user of another server process
+        else:
+            out.sends.append((target.id, text))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -446,15 +533,15 @@ class RoomHub:
         return Address(self.instance, c.id)
 
     def _local(self, address: Address | None) -> _Conn | None:
-        """The live connection of this hub at ``address``, if it is one.
+        """The live, joined connection of this hub at ``address``, if it is one.
 
-        Addresses of other instances count as unreachable: delivering to them is
-        the job of a multi-process directory, which does not exist yet.
+        ``None`` for addresses of other instances too: frames for those go out
+        as :attr:`Outcome.forwards`.
         """
         if address is None or address.instance != self.instance:
             return None
         c = self._conns.get(address.conn)
-        return None if c is None or c.closed else c
+        return None if c is None or c.closed or not c.joined else c
 
     def _tell(self, out: Outcome, names: list[str], text: str, now: float) -> None:
         """Send ``text`` to each of ``names`` that is connected here."""
@@ -462,10 +549,6 @@ class RoomHub:
             c = self._local(self.directory.route(name, now))
             if c is not None:
                 out.sends.append((c.id, text))
-
-    def _bad_hello(self, out: Outcome, c: _Conn, code: str, message: str) -> None:
-        close = CLOSE_BAD_NAME if code == "bad-name" else CLOSE_BAD_HELLO
-        self._refuse(out, c, code, f"bad hello: {message}", close)
 
     def _refuse(self, out: Outcome, c: _Conn, code: str, message: str, close: int) -> None:
         log.info("refused %s: %s", c, code)

@@ -47,6 +47,7 @@ WORKERS = 8  # threads for disk work and hashing: one peer's receives can hold a
 MAX_INCOMING_PER_PEER = 4  # files received at once from one peer; more wait in a queue
 MAX_INCOMING = 16  # ... and from everyone together
 MAX_KEPT = 20_000  # ended transfers (and log rows, x10) kept in memory
+LANE_GRACE = 2.0  # seconds a broken direct lane waits for the control channel to say why
 DIRECT_MIN_SIZE = 8 << 20  # with lane "auto", files from this size try the direct lane (bench/compare.py)
 
 
@@ -371,6 +372,11 @@ class Sharing(BaseLinkProtocol):
                     t._advance(len(block))
                     self._progress(t)
         except (OSError, ConnectionError) as exc:
+            if isinstance(exc, ConnectionError) and lane.name != sp.DEFAULT_LANE:
+                # the receiver closes its direct lane when it cancels: let its word arrive first
+                deadline = time.monotonic() + LANE_GRACE
+                while not t.ended and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
             if not t.ended:
                 proto.fail(t.transfer_id, f"the sender could not send the file: {exc}")
                 self._flush(link, proto)

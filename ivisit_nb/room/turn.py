@@ -1,0 +1,80 @@
+"""Short-lived TURN credentials for the room server's ``welcome`` (the TURN REST API scheme).
+
+A TURN server such as coturn, started with ``--use-auth-secret --static-auth-secret=S``,
+accepts any username of the form ``EXPIRY:NAME`` (``EXPIRY`` in Unix seconds) whose
+password is ``base64(HMAC-SHA1(S, username))``, until ``EXPIRY`` passes. Whoever knows
+``S`` can mint such credentials without talking to the TURN server, which is what the
+room server does for each user it welcomes: users never see ``S``.
+
+Everything here is pure (the time is passed in) except :meth:`TurnCredentials.welcome_extras`,
+which reads the clock. See ``docs/turn.md`` for the deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any
+
+TURN_SCHEMES = ("turn:", "turns:")
+DEFAULT_TTL = 3600
+
+
+def turn_password(secret: str, username: str) -> str:
+    """``base64(HMAC-SHA1(secret, username))``, the password the TURN server expects."""
+    digest = hmac.new(secret.encode("utf-8"), username.encode("utf-8"), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def check_turn_url(url: str) -> str:
+    """Return ``url`` if it is a ``turn:`` or ``turns:`` URL; raise ``ValueError`` saying why not."""
+    if not isinstance(url, str) or not url.startswith(TURN_SCHEMES) or len(url) <= len("turn:"):
+        raise ValueError(
+            f"not a TURN URL: {url!r}; write it as turn:HOST:PORT (e.g. turn:turn.example.org:3478), "
+            "optionally with ?transport=tcp, or turns:HOST:PORT for TLS"
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class TurnCredentials:
+    """Mints time-limited TURN credentials from a shared secret.
+
+    ``urls``: the TURN server's URLs (``turn:HOST:3478``...); ``secret``: its
+    ``--static-auth-secret``; ``ttl``: how many seconds each credential stays valid.
+    """
+
+    secret: str
+    urls: tuple[str, ...]
+    ttl: int = DEFAULT_TTL
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("the TURN secret is empty; pass the value of coturn's --static-auth-secret")
+        if not self.urls:
+            raise ValueError("no TURN URL given; pass at least one turn:HOST:PORT")
+        for url in self.urls:
+            check_turn_url(url)
+        if self.ttl < 1:
+            raise ValueError(f"the TURN credential lifetime must be at least 1 second, not {self.ttl}")
+
+    def mint(self, name: str, now: float) -> dict[str, Any]:
+        """One RTCIceServer-like dict for user ``name``, valid from ``now`` (Unix time) for ``ttl`` s.
+
+        The username is ``EXPIRY:NAME``. A ``:`` in ``name`` would make the username
+        ambiguous, so it is replaced by ``_`` (the name part is only informative).
+        """
+        username = f"{int(now) + self.ttl}:{name.replace(':', '_')}"
+        urls: str | list[str] = self.urls[0] if len(self.urls) == 1 else list(self.urls)
+        return {"urls": urls, "username": username, "credential": turn_password(self.secret, username)}
+
+    def ice_servers(self, name: str, now: float) -> list[dict[str, Any]]:
+        """The ``ice_servers`` list for user ``name`` at ``now`` (Unix time)."""
+        return [self.mint(name, now)]
+
+    def welcome_extras(self, name: str) -> dict[str, Any]:
+        """Fields to add to ``name``'s ``welcome``: ``{"ice_servers": [...]}``, valid from now."""
+        return {"ice_servers": self.ice_servers(name, time.time())}
