@@ -213,3 +213,16 @@ def test_a_5000_byte_url_can_be_offered():
     alice.offer(tid, "url", url, 0, content_hash(url.encode()), url=url)
     deliver(alice, bob, 0.0)
     assert bob.take_events()[0].url == url
+
+
+def test_a_sealed_transfer_is_past_cancelling(pair):
+    alice, bob = pair
+    tid = accepted(pair)
+    bob.receive_data(frame(tid, 0, DATA), 1.0)
+    assert bob.seal(tid)
+    bob.receive_control({"t": "cancel", "id": tid, "reason": "too late"}, 2.0)
+    bob.receive_control({"t": "fail", "id": tid, "reason": "too late"}, 2.0)
+    bob.cancel(tid, "the user pressed Stop")  # also too late
+    assert bob.state(tid) == "sealed" and bob.take_control() == []
+    bob.complete(tid)
+    assert bob.take_control() == [{"t": "done", "id": tid}]

@@ -505,12 +505,7 @@ def test_a_direct_lane_offer_without_a_usable_certificate(bob, rogue):
     assert_link_up(bob, rogue)
 
 
-URL_LANE_BUG = pytest.mark.xfail(strict=True, reason="a URL offer whose lanes lack 'datachannel' is never answered: "
-                                                    "Sharing._decided calls accept(lane='datachannel'), which raises "
-                                                    "ValueError; see the report")
-
-
-@pytest.mark.parametrize("kind", ["file", pytest.param("url", marks=URL_LANE_BUG)])
+@pytest.mark.parametrize("kind", ["file", "url"])
 def test_an_offer_on_lanes_bob_lacks_is_answered(bob, rogue, kind):
     """An offer on no lane bob has is refused at once, not left waiting with a receive slot held."""
     bob.settings[ROGUE].files = bob.settings[ROGUE].urls = "accept"
@@ -522,8 +517,6 @@ def test_an_offer_on_lanes_bob_lacks_is_answered(bob, rogue, kind):
     assert answer["t"] == "refuse" or answer.get("lane") == "carrier-pigeon"
 
 
-@pytest.mark.xfail(strict=True, reason="a cancel that arrives while a sealed file is being placed ends the transfer "
-                                       "as cancelled, yet the file is placed and added to the history; see the report")
 def test_a_cancel_while_the_file_is_placed_leaves_a_consistent_result(bob, rogue):
     """Once sealed, either the transfer completes (done, file shown) or nothing is shown.
 

@@ -610,9 +610,10 @@ class SharingProtocol:
             self._finish(t, "failed")
 
     def cancel(self, transfer_id: str, reason: str) -> None:
-        """End a transfer because the user changed their mind. Nothing happens if it already ended."""
+        """End a transfer because the user changed their mind. Nothing happens if it already
+        ended, or if it is sealed (verified and being placed: too late to stop)."""
         t = self._get(transfer_id)
-        if t.live:
+        if t.live and t.state != "sealed":
             self._send("cancel", t.id, reason=reason)
             self._finish(t, "cancelled")
 
@@ -648,6 +649,8 @@ class SharingProtocol:
             return
         if not t.live:
             return  # late message for a finished transfer: ignore
+        if t.state == "sealed" and kind in ("cancel", "fail"):
+            return  # verified and being placed: it completes (the sender then gets "done", late)
         try:
             if kind in ("cancel", "fail"):
                 reason = _reason_of(msg)

@@ -36,7 +36,7 @@ from ..settings import Settings
 from .hashing import cached_hash, hash_file
 from .inbox import Inbox, Item
 from .policy import Decision, Offer, Policy, as_row
-from .store import Store, StoreError
+from .store import PartInUse, Store, StoreError
 from .transfers import LOG_COLUMNS, RoomTransfer, Transfer
 from .writer import PartWriter
 
@@ -47,6 +47,7 @@ WORKERS = 8  # threads for disk work and hashing: one peer's receives can hold a
 MAX_INCOMING_PER_PEER = 4  # files received at once from one peer; more wait in a queue
 MAX_INCOMING = 16  # ... and from everyone together
 MAX_KEPT = 20_000  # ended transfers (and log rows, x10) kept in memory
+PART_RELEASE_WAIT = 2.0  # seconds a new receive waits for an ended one to let go of the same part
 LANE_GRACE = 2.0  # seconds a broken direct lane waits for the control channel to say why
 DIRECT_MIN_SIZE = 8 << 20  # with lane "auto", files from this size try the direct lane (bench/compare.py)
 
@@ -118,6 +119,7 @@ class Sharing(BaseLinkProtocol):
         self._parts: dict[str, PartWriter] = {}  # transfer id -> the writer of its part file
         self._offers: dict[str, sp.OfferReceived] = {}  # incoming transfer id -> its offer
         self._direct: dict[str, Any] = {}  # transfer id -> its direct Listener or DirectTlsLane
+        self._sealed: set[str] = set()  # incoming transfers verified and being placed
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
         self._receiving: set[str] = set()  # incoming files admitted (holding a slot)
         self._queue: list[tuple[SharingLink, sp.SharingProtocol, Transfer]] = []  # accepted, waiting for a slot
@@ -201,7 +203,7 @@ class Sharing(BaseLinkProtocol):
         if timer:
             timer[1].cancel()
         for tid, l in list(self._links.items()):
-            if l is link:
+            if l is link and tid not in self._sealed:  # a sealed file is still placed and shown
                 t = self.transfers.get(tid)
                 if t and not t.ended:
                     reason = link.reason or f"the link to {link.remote} closed"
@@ -402,8 +404,9 @@ class Sharing(BaseLinkProtocol):
                 self._cancel(t, reason)
 
     def _stop(self, t: Transfer, status: str, reason: str) -> None:
-        """End ``t`` from our side: tell the peer (a cancel with ``reason``), then finish it."""
-        if t.ended:
+        """End ``t`` from our side: tell the peer (a cancel with ``reason``), then finish it.
+        A sealed transfer (verified, being placed) is past stopping: it completes."""
+        if t.ended or t.transfer_id in self._sealed:
             return
         link = self._links.get(t.transfer_id)
         proto = self._protocols.get(link) if link else None
@@ -499,8 +502,11 @@ class Sharing(BaseLinkProtocol):
             self._flush(link, proto)
             self._finish(t, "refused", d.reason or "refused")
             return
-        if t.kind == "url":
-            proto.accept(t.transfer_id, lane=sp.DEFAULT_LANE, now=time.monotonic())
+        if t.kind == "url":  # no bytes to carry: any offered lane will do
+            offer = self._offers.get(t.transfer_id)
+            lanes = offer.lanes if offer else (sp.DEFAULT_LANE,)
+            lane = sp.DEFAULT_LANE if sp.DEFAULT_LANE in lanes else lanes[0]
+            proto.accept(t.transfer_id, lane=lane, now=time.monotonic())
             self._flush(link, proto)
             return
         t.status = "queued"
@@ -543,10 +549,23 @@ class Sharing(BaseLinkProtocol):
         self.store.check_space(t.size)
         if self.store.lookup(t.hash) is not None:
             return "have", self.store.place_copy(t.peer, t.name, t.hash)
-        part = self.store.open_part(t.hash, t.size)  # re-hashes a resumable prefix
+        part = self._open_part(t)  # re-hashes a resumable prefix
         if part.complete:  # an earlier attempt got every byte: verify and place it
             return "resume", self.store.finalize(part, t.peer, t.name)
         return "part", part
+
+    def _open_part(self, t: Transfer) -> Any:
+        """The part for ``t``; waits a moment for one an ended transfer's writer is still closing."""
+        deadline = time.monotonic() + PART_RELEASE_WAIT
+        while True:
+            try:
+                return self.store.open_part(t.hash, t.size)
+            except PartInUse:
+                if time.monotonic() > deadline or any(
+                    x.hash == t.hash and x.direction == "in" and not x.ended and x is not t for x in list(self.transfers.values())
+                ):
+                    raise
+                time.sleep(0.02)
 
     async def _accept_file(self, link: SharingLink, proto: sp.SharingProtocol, t: Transfer) -> None:
         try:
@@ -691,6 +710,7 @@ class Sharing(BaseLinkProtocol):
         if t.ended or not proto.seal(t.transfer_id):
             part.close()  # failed or cancelled meanwhile: nothing is placed; the verified bytes stay for later
             return
+        self._sealed.add(t.transfer_id)  # from here on it completes, whatever the peer or the link does
         try:
             path = await self._in_worker(self.store.place, part, t.peer, t.name)
         except (StoreError, OSError) as exc:
@@ -731,6 +751,7 @@ class Sharing(BaseLinkProtocol):
         if lane is not None:
             lane.close()
         self._offers.pop(t.transfer_id, None)
+        self._sealed.discard(t.transfer_id)
         self._paths.pop(t.transfer_id, None)
         self._links.pop(t.transfer_id, None)
         self._last_progress.pop(t.transfer_id, None)

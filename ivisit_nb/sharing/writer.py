@@ -70,8 +70,8 @@ class PartWriter:
             raise self.error
 
     def close(self, close_part: bool = True) -> None:
-        """Stop: drop queued writes; the thread closes the part (unless ``close_part`` is False) and ends."""
-        self._stopped = True
+        """Finish the queued writes (they are kept for a resume), then close the part (unless
+        ``close_part`` is False) and end the thread."""
         self._room.set()
         self._queue.put(("close", close_part))
 
