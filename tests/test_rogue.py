@@ -96,14 +96,16 @@ def no_empty_parts(bob) -> bool:
     return not folder.exists() or all(p.stat().st_size > 0 for p in folder.glob("*.part"))
 
 
-def part_fds() -> int:
-    """File descriptors of this process open on part files."""
+def part_fds(under: str | os.PathLike | None = None) -> int:
+    """File descriptors of this process open on part files (under the folder ``under``, if given)."""
     n = 0
+    prefix = os.path.realpath(under) if under is not None else ""
     for fd in os.listdir("/proc/self/fd"):
         try:
-            n += os.readlink(f"/proc/self/fd/{fd}").endswith(".part")
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass
+            continue
+        n += target.endswith(".part") and target.startswith(prefix)
     return n
 
 
@@ -346,7 +348,7 @@ def test_three_hundred_offers_cannot_hog_bob(server, make_session, bob, rogue, t
 
     def sample() -> None:
         while not stop.is_set():
-            most_fds[0] = max(most_fds[0], part_fds())
+            most_fds[0] = max(most_fds[0], part_fds(bob.inbox_dir))
             stop.wait(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -376,7 +378,7 @@ def test_three_hundred_offers_cannot_hog_bob(server, make_session, bob, rogue, t
     assert 1 <= most["transferring"] <= 4  # per-peer cap on concurrent receives
     assert most["waiting"] <= 20  # queued receives count as pending offers: the rest were refused
     assert most_fds[0] <= 5  # the rogue's four, and alice's one
-    wait_until(lambda: part_fds() == 0, 10)  # bob's writer threads close the last ones
+    wait_until(lambda: part_fds(bob.inbox_dir) == 0, 10)  # bob's writer threads close the last ones
     wait_until(lambda: len(os.listdir("/proc/self/fd")) <= fds_before + 10, 10)
     log = bob.policy_log
     assert (log.decided_by == "flood limit").sum() == len(refusals)
