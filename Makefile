@@ -10,7 +10,7 @@ LABEXT_SRC   := $(wildcard labextension/src/*.ts labextension/style/*) labextens
 LABEXT_STAMP := $(VENV)/.labextension
 LABEXT_DEST  := $(VENV)/share/jupyter/labextensions/ivisit-nb
 
-.PHONY: setup lab test bench demo chromium clean
+.PHONY: setup lab test bench demo system-packages chromium clean
 
 setup: $(STAMP) $(LABEXT_STAMP)
 
@@ -27,16 +27,22 @@ $(LABEXT_STAMP): $(LABEXT_SRC) | $(STAMP)
 	rm -rf $(LABEXT_DEST) && mkdir -p $(LABEXT_DEST) && cp -r ivisit_nb/labextension/. $(LABEXT_DEST)/ && cp install.json $(LABEXT_DEST)/
 	touch $(LABEXT_STAMP)
 
-# Debian's chromium for the browser tests (never `playwright install`).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian's chromium for the browser tests"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+# Debian packages the tests need, installed with apt when missing (never `playwright install`):
+# chromium (browser tests), redis-server (tests/test_cluster.py), coturn (TURN tests).
+SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server turnserver:coturn
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
+
+chromium: system-packages
 
 lab: setup
 	$(BIN)/jupyter lab --ip=127.0.0.1 $(ROOTFLAG) notebooks/quickstart.ipynb
 
-test: setup chromium
+test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -4,6 +4,7 @@
     python bench/rooms.py            # 200 and 1,000 clients
     python bench/rooms.py --quick    # 200 clients, fewer samples
     python bench/rooms.py --json     # rows as JSON lines too
+    python bench/rooms.py --instances 1,2,4   # only the cluster part (needs redis-server)
 
 Part 1 (``join``): join-to-presence latency. The server runs in its own process
 through the CLI (``python -m ivisit_nb server --port 0``), pinned to one core
@@ -22,8 +23,21 @@ clients spread over 50 rooms:
 
 The ratio printed is re-join p50 / ws ping->pong p50.
 
+Part 3 (``cluster``, only with ``--part cluster`` or ``--instances``): 2,000
+websocket clients in 100 rooms, spread round-robin over N room-server instances
+sharing one redis-server (``python -m ivisit_nb server --redis URL``), for each N
+of ``--instances`` (default 1, 2 and 4), after the single-process embedded
+server (in-memory directory, no Redis) as the baseline, in the same run. The
+100 room anchors join first; then the other 1,900 connect (not timed) and all
+send ``hello`` at once. Measured: join-to-presence (``hello`` sent -> the room's
+anchor, on whichever instance, receives ``joined``) p50 and p99, and the join
+rate (1,900 joins / first ``hello`` sent -> last ``joined`` seen). ``--runs``
+runs (default 3) of every configuration, interleaved; the summary gives the
+median of the runs. The servers and Redis are pinned to CPU 1 and the clients to
+CPU 0 when there are two.
+
 Parts are functions registered in :data:`PARTS`; ``main()`` runs the ones asked
-for (all by default).
+for (by default all but ``cluster``).
 """
 
 from __future__ import annotations
@@ -36,6 +50,8 @@ import math
 import os
 import platform
 import resource
+import shutil
+import socket
 import subprocess
 import statistics
 import sys
@@ -62,6 +78,7 @@ class Row:
     measure: str
     samples: list[float] = field(repr=False)
     note: str = ""
+    rate: float | None = None  # joins per second, for the cluster part
 
     @property
     def n(self) -> int:
@@ -117,7 +134,12 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs, {model}, Python {platform.python_version()}"
 
 
+PIN = True  # --no-pin: let the OS place servers and clients on any core
+
+
 def _pin(pid: int, cpu: int) -> bool:
+    if not PIN:
+        return False
     try:
         if len(os.sched_getaffinity(0)) < 2:
             return False
@@ -125,6 +147,39 @@ def _pin(pid: int, cpu: int) -> bool:
         return True
     except (AttributeError, OSError):
         return False
+
+
+@contextlib.contextmanager
+def redis_process() -> Iterator[str]:
+    """Start Debian's redis-server on a free port of 127.0.0.1 (no persistence); yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("the cluster part needs Debian's redis-server: apt-get install redis-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        _pin(proc.pid, 1)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @contextlib.contextmanager
@@ -442,10 +497,113 @@ def part2_mesh(args: argparse.Namespace) -> list[Row]:
     return rows
 
 
+CLUSTER_CLIENTS = 2000
+CLUSTER_ROOMS = 100
+
+
+async def _cluster_storm(urls: list[str], n: int, rooms: int) -> tuple[list[float], float]:
+    """Join-to-presence latencies (ms) of a join storm over ``urls``, and joins per second."""
+    bench = Bench()
+    clients = [Client(bench, f"u{i:04d}", f"room{i % rooms:03d}") for i in range(n)]
+    where = {c.name: urls[i % len(urls)] for i, c in enumerate(clients)}
+    anchors, rest = clients[:rooms], clients[rooms:]
+    connector = aiohttp.TCPConnector(limit=0)
+    sem = asyncio.Semaphore(50)
+
+    async def open_one(c: Client) -> None:
+        async with sem:
+            await c.connect(session, where[c.name])
+
+    async with aiohttp.ClientSession(connector=connector) as session:
+        try:
+            await asyncio.gather(*(open_one(c) for c in anchors))
+            for c in anchors:
+                await c.join()
+            await asyncio.gather(*(open_one(c) for c in rest))
+            sent: dict[str, float] = {}
+            waits = [(c.name, bench.expect_joined(anchors[i % rooms].name, c.name)) for i, c in enumerate(rest, rooms)]
+            replies = [c.expect_reply() for c in rest]
+            clock = time.perf_counter
+            for c in rest:
+                assert c.ws is not None
+                sent[c.name] = clock()
+                await c.ws.send_str(c.hello_text())
+            await asyncio.wait_for(asyncio.gather(*(f for _, f in waits), *replies), 120)
+            for r in replies:
+                if r.result()[1].get("type") != "welcome":
+                    raise RuntimeError(f"join refused during the storm: {r.result()[1]}")
+            first = min(sent.values())
+            last = max(f.result() for _, f in waits)
+            return [_ms(f.result() - sent[name]) for name, f in waits], len(rest) / (last - first)
+        finally:
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+@contextlib.contextmanager
+def _servers(count: int, redis_url: str | None) -> Iterator[list[str]]:
+    with contextlib.ExitStack() as stack:
+        args = ("--redis", redis_url) if redis_url else ()
+        yield [stack.enter_context(server_process(*args)) for _ in range(count)]
+
+
+def part3_cluster(args: argparse.Namespace) -> list[Row]:
+    """Join storms of 2,000 clients in 100 rooms: embedded server vs clusters of N instances."""
+    counts = [int(x) for x in str(args.instances or "1,2,4").split(",") if x.strip()]
+    n, rooms = args.clients, CLUSTER_ROOMS
+    raise_fd_limit(n * 2 + 512)
+    configs: list[tuple[str, int, bool]] = [("embedded server, 1 process (baseline)", 1, False)]
+    configs += [(f"cluster, {k} instance{'s' if k > 1 else ''} + Redis", k, True) for k in counts]
+    rows: list[Row] = []
+    db = 0
+    with redis_process() as redis_base:
+        for run in range(args.runs):
+            for label, count, clustered in configs:
+                db = (db + 1) % 16  # a fresh database for every storm
+                with _servers(count, f"{redis_base}/{db}" if clustered else None) as urls:
+                    _pin(0, 0)
+                    loop = _new_loop()
+                    try:
+                        samples, rate = loop.run_until_complete(_cluster_storm(urls, n, rooms))
+                    finally:
+                        loop.close()
+                row = Row("cluster", n, label, samples, f"run {run + 1}", rate)
+                rows.append(row)
+                print(f"  run {run + 1}: {label}: p50 {row.pct(50):.1f} ms, p99 {row.pct(99):.1f} ms, "
+                      f"{rate:.0f} joins/s", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_cluster_summary(rows: list[Row], out: Any = sys.stdout) -> None:
+    """Median over the runs of each configuration's p50, p99 and join rate."""
+    by: dict[str, list[Row]] = {}
+    for r in rows:
+        by.setdefault(r.measure, []).append(r)
+    if not by:
+        return
+    base = None
+    print(f"\ncluster summary: median of {max(len(v) for v in by.values())} runs "
+          f"({rows[0].clients} clients, {CLUSTER_ROOMS} rooms, join storm)", file=out)
+    print(f"{'configuration':<40} {'p50 ms':>8} {'p99 ms':>8} {'joins/s':>8} {'rate x':>7}", file=out)
+    for measure, runs in by.items():
+        p50 = statistics.median(r.pct(50) for r in runs)
+        p99 = statistics.median(r.pct(99) for r in runs)
+        rate = statistics.median(r.rate or 0.0 for r in runs)
+        if measure.startswith("cluster, 1 instance"):
+            base = rate
+        ratio = f"{rate / base:7.2f}" if base else "       "
+        print(f"{measure:<40} {p50:>8.1f} {p99:>8.1f} {rate:>8.0f} {ratio}", file=out)
+        print(f"{'':<40} runs: p50 {' / '.join(f'{r.pct(50):.1f}' for r in runs)}; "
+              f"p99 {' / '.join(f'{r.pct(99):.1f}' for r in runs)}; "
+              f"joins/s {' / '.join(f'{r.rate or 0:.0f}' for r in runs)}", file=out)
+    out.flush()
+
+
 PARTS: dict[str, Callable[[argparse.Namespace], list[Row]]] = {
     "join": part1_join_latency,
     "mesh": part2_mesh,
+    "cluster": part3_cluster,
 }
+DEFAULT_PARTS = ["join", "mesh"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,7 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes and fewer samples")
     p.add_argument("--part", action="append", choices=list(PARTS), help="run only this part (repeatable)")
     p.add_argument("--json", action="store_true", help="also print each row as a JSON line")
+    p.add_argument("--instances", default=None, metavar="N[,N...]",
+                   help="instance counts for the cluster part (default 1,2,4); alone, runs only that part")
+    p.add_argument("--clients", type=int, default=CLUSTER_CLIENTS, help="clients in the cluster part (default 2000)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each cluster configuration (default 3)")
+    p.add_argument("--no-pin", action="store_true", help="do not pin servers to CPU 1 and clients to CPU 0")
     args = p.parse_args(argv)
+    global PIN
+    PIN = not args.no_pin
     try:
         import uvloop  # type: ignore[import-not-found]  # noqa: F401
 
@@ -463,9 +628,11 @@ def main(argv: list[str] | None = None) -> int:
         loop_kind = "asyncio"
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {machine()}; event loops: {loop_kind}", flush=True)
     rows: list[Row] = []
-    for name in args.part or list(PARTS):
+    parts = args.part or (["cluster"] if args.instances else DEFAULT_PARTS)
+    for name in parts:
         rows.extend(PARTS[name](args))
     print_table(rows)
+    print_cluster_summary([r for r in rows if r.part == "cluster"])
     for n in sorted({r.clients for r in rows if r.part == "join"}):
         by = {r.measure: r for r in rows if r.part == "join" and r.clients == n}
         base = by.get("ping->pong, websocket level")

@@ -8,10 +8,12 @@ design, the failure cases and what each one loses. In short:
 * **The truth is in Redis**, changed only by Lua scripts, so each change is
   atomic. A user is one *claim*: the key ``claim:<skeleton>`` holds
   ``instance, connection, name, room, seq`` under a lease (``SET ... PX``,
-  renewed by the owning instance). Indexes: a sorted set per room, a set of
-  claim keys per instance. Every change takes the next number of a global
-  counter (``seq``) and is published on the ``events`` channel inside the same
-  script, so the events are in the order of the changes.
+  renewed by the owning instance). A copy without a TTL (``held:<skeleton>``)
+  outlives a lease that ran out, so whoever frees the name can still announce
+  who left: nobody ever disappears without a ``left``. Indexes: a sorted set
+  per room, a set of claim keys per instance. Every change takes the next
+  number of a global counter (``seq``) and is published on the ``events``
+  channel inside the same script, so the events are in the order of the changes.
 * **Each instance keeps a replica** of who is where, fed by those events and by
   a snapshot (on connecting, every 30 s, and after Redis lost its data). The
   hub's synchronous calls read the replica. A change is applied only if its
@@ -104,8 +106,17 @@ end
 local function alive(inst)
   return redis.call('EXISTS', P .. 'hb:' .. inst) == 1
 end
+-- The claim on `key`: its value and whether its lease ran out (then only the shadow copy
+-- `held:` is left, so that whoever frees it can still tell everyone who left).
+local function current(key)
+  local v = redis.call('GET', P .. 'claim:' .. key)
+  if v then return v, false end
+  v = redis.call('GET', P .. 'held:' .. key)
+  if v then return v, true end
+  return nil, false
+end
 local function drop(key, f, ep)
-  redis.call('DEL', P .. 'claim:' .. key)
+  redis.call('DEL', P .. 'claim:' .. key, P .. 'held:' .. key)
   redis.call('SREM', P .. 'inst:' .. f[1], key)
   if f[4] ~= '' then redis.call('ZREM', P .. 'room:' .. f[4], key .. '\t' .. f[3]) end
   local seq = redis.call('INCR', P .. 'seq')
@@ -115,7 +126,7 @@ local function reap(inst, ep)
   if alive(inst) then return 0 end
   local n = 0
   for _, key in ipairs(redis.call('SMEMBERS', P .. 'inst:' .. inst)) do
-    local v = redis.call('GET', P .. 'claim:' .. key)
+    local v = current(key)
     if v then
       local f = fields(v)
       if f[1] == inst then drop(key, f, ep); n = n + 1 end
@@ -125,20 +136,23 @@ local function reap(inst, ep)
   redis.call('SREM', P .. 'instances', inst)
   return n
 end
--- Free `key` unless a live instance other than `inst` holds it; returns that holder's name or nil.
+-- Free `key` unless a live instance other than `inst` holds it under a lease that has not run
+-- out; returns that holder's name, or nil once the key is free.
 local function free(key, inst, ep)
-  local v = redis.call('GET', P .. 'claim:' .. key)
+  local v, lapsed = current(key)
   if not v then return nil end
   local f = fields(v)
-  if f[1] ~= inst and alive(f[1]) then return f[3] end
-  if f[1] ~= inst then reap(f[1], ep) end
-  v = redis.call('GET', P .. 'claim:' .. key)
+  if not lapsed and f[1] ~= inst and alive(f[1]) then return f[3] end
+  if f[1] ~= inst and not alive(f[1]) then reap(f[1], ep) end
+  v = current(key)
   if v then drop(key, fields(v), ep) end
   return nil
 end
 local function put(inst, conn, name, key, room, lease, ep)
   local seq = redis.call('INCR', P .. 'seq')
-  redis.call('SET', P .. 'claim:' .. key, table.concat({inst, conn, name, room, seq}, '\t'), 'PX', lease)
+  local value = table.concat({inst, conn, name, room, seq}, '\t')
+  redis.call('SET', P .. 'claim:' .. key, value, 'PX', lease)
+  redis.call('SET', P .. 'held:' .. key, value)
   redis.call('SADD', P .. 'inst:' .. inst, key)
   if room ~= '' then redis.call('ZADD', P .. 'room:' .. room, seq, key .. '\t' .. name) end
   redis.call('PUBLISH', P .. 'events', table.concat({'J', ep, seq, inst, conn, name, room, key}, '\t'))
@@ -161,7 +175,7 @@ if room ~= '' then
     -- drop places whose claim lapsed without a leave (their lease ran out)
     for _, m in ipairs(redis.call('ZRANGE', rk, 0, -1)) do
       local t = string.find(m, '\t', 1, true)
-      local v = redis.call('GET', P .. 'claim:' .. string.sub(m, 1, t - 1))
+      local v = current(string.sub(m, 1, t - 1))
       local ok = false
       if v then
         local g = fields(v)
@@ -177,7 +191,7 @@ return {'ok', ep, put(inst, conn, name, key, room, ARGV[9], ep)}
 
 # bye: ARGV = P, epoch candidate, instance, conn, key
 _BYE = _LIB + r"""
-local v = redis.call('GET', P .. 'claim:' .. ARGV[5])
+local v = current(ARGV[5])
 if not v then return 0 end
 local f = fields(v)
 if f[1] ~= ARGV[3] or f[2] ~= ARGV[4] then return 0 end
@@ -205,10 +219,10 @@ if not token then redis.call('SET', P .. 'token', ARGV[6], 'PX', ARGV[7]) end
 local reply = {'ok', ep}
 for i = 9, #ARGV, 4 do
   local conn, name, key, room = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local v = redis.call('GET', P .. 'claim:' .. key)
+  local v = current(key)
   local f = v and fields(v)
   if f and f[1] == inst and f[2] == conn and f[4] == room then
-    redis.call('PEXPIRE', P .. 'claim:' .. key, ARGV[5])
+    redis.call('SET', P .. 'claim:' .. key, v, 'PX', ARGV[5])
     redis.call('SADD', P .. 'inst:' .. inst, key)
     if room ~= '' then redis.call('ZADD', P .. 'room:' .. room, 'NX', f[5], key .. '\t' .. name) end
   else
@@ -234,13 +248,14 @@ return n
 """
 
 # renew: ARGV = P, lease_ms, then (key, instance, conn) triples. Returns the keys no longer ours.
+# A lease that ran out is renewed too if nobody took the name meanwhile (as in MemoryDirectory).
 _RENEW = _LIB + r"""
 local lost = {}
 for i = 3, #ARGV, 3 do
-  local v = redis.call('GET', P .. 'claim:' .. ARGV[i])
+  local v = current(ARGV[i])
   local f = v and fields(v)
   if f and f[1] == ARGV[i + 1] and f[2] == ARGV[i + 2] then
-    redis.call('PEXPIRE', P .. 'claim:' .. ARGV[i], ARGV[2])
+    redis.call('SET', P .. 'claim:' .. ARGV[i], v, 'PX', ARGV[2])
   else
     lost[#lost + 1] = ARGV[i]
   end
@@ -253,7 +268,7 @@ _SNAPSHOT = _LIB + r"""
 local reply = {epoch(ARGV[2]), redis.call('GET', P .. 'seq') or '0'}
 for _, inst in ipairs(redis.call('SMEMBERS', P .. 'instances')) do
   for _, key in ipairs(redis.call('SMEMBERS', P .. 'inst:' .. inst)) do
-    local v = redis.call('GET', P .. 'claim:' .. key)
+    local v = current(key)
     if v and fields(v)[1] == inst then reply[#reply + 1] = v .. '\t' .. key end
   end
 end
