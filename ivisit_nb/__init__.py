@@ -24,7 +24,7 @@ _EXPORTS = {
     "Policy": "ivisit_nb.sharing.policy",
     "Offer": "ivisit_nb.sharing.policy",
     "Transfer": "ivisit_nb.sharing.transfers",
-    "BadURL": "ivisit_nb.sharing.urls",
+    "BadURL": "ivisit_nb.protocol.urls",
 }
 
 __all__ = sorted(_EXPORTS)
