@@ -40,7 +40,7 @@ system-packages:
 chromium: system-packages
 
 lab: setup
-	$(BIN)/jupyter lab --ip=127.0.0.1 $(ROOTFLAG) notebooks/quickstart.ipynb
+	$(BIN)/jupyter lab --ip=127.0.0.1 $(ROOTFLAG) notebooks/01-quickstart.ipynb
 
 test: setup system-packages
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

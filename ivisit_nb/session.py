@@ -24,7 +24,6 @@ from typing import Any, Callable
 from . import events as ev
 from .calls import SIGNAL_KINDS as CALL_SIGNALS
 from .calls import Call, Calls
-from .chat import COLUMNS as CHAT_COLUMNS
 from .chat import Chat
 from .consent import Request
 from .engine.heartbeat import Heartbeat
@@ -32,8 +31,9 @@ from .engine.linkproto import LinkProtocol
 from .engine import stats as link_stats
 from .engine.loop import EngineLoop, Handle
 from .engine.sas import SasProtocol
-from .frames import frame
+from .frames import SCHEMAS, frame
 from .listeners import Listeners
+from .logbook import Logbook, logbook_path
 from .mesh import Mesh, Peer
 from .protocol.urls import check_url
 from .room.client import RoomClient
@@ -42,17 +42,11 @@ from .sharing.inbox import Inbox
 from .sharing.names import safe_user_dir
 from .sharing.policy import Policy
 from .sharing.service import Sharing, SharingHost
-from .sharing.transfers import LOG_COLUMNS, RoomTransfer, Transfer
+from .sharing.transfers import RoomTransfer, Transfer
 
 log = logging.getLogger("ivisit_nb.session")
 
-STATS_COLUMNS = {
-    "links": ["peer", "state", "kind", "role", "local_fingerprint", "remote_fingerprint", "sas", "rtt",
-              "bytes_sent", "bytes_received", "lanes", "dropped", "cwnd", "flight_size", "rto"],
-    "candidates": ["peer", "side", "type", "protocol", "address", "port", "priority"],
-    "pairs": ["peer", "local_type", "local_address", "local_port", "remote_type", "remote_address", "remote_port", "protocol"],
-    "rtt": ["peer", "time", "rtt"],
-}
+STATS_COLUMNS = {kind: SCHEMAS[kind] for kind in ("links", "candidates", "pairs", "rtt", "lanes")}
 
 
 def link_facts(link: Any) -> dict[str, Any]:
@@ -89,7 +83,7 @@ class Session:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         user: str,
         room: str | None = None,
         *,
@@ -171,24 +165,29 @@ class Session:
 
     # -- joining and leaving ----------------------------------------------------
     @classmethod
-    def join(cls, url: str, user: str, room: str | None = None, timeout: float = 20.0, **kwargs: Any) -> "Session":
+    def join(cls, url: str | list[str], user: str, room: str | None = None, timeout: float = 20.0, **kwargs: Any) -> "Session":
         """Connect to the room server and return once the room roster is known.
+
+        ``url`` is one room-server URL, or the URLs of a cluster's instances: tried in order,
+        and on a reconnect the one that worked last goes first (docs/room.md).
 
         Raises :class:`~ivisit_nb.room.client.JoinRefused` if the server says no
         (name taken, wrong token, room full) and ``ConnectionError`` if it cannot
         be reached.
         """
         session = cls(url, user, room, **kwargs)
+        session._attach_logbook()
         try:
             session._engine.run(session._start(), timeout)
         except BaseException:
             session.sharing.close()
             session._engine.stop()
+            session._close_logbook()
             raise
         return session
 
     @classmethod
-    async def join_async(cls, url: str, user: str, room: str | None = None, **kwargs: Any) -> "Session":
+    async def join_async(cls, url: str | list[str], user: str, room: str | None = None, **kwargs: Any) -> "Session":
         """:meth:`join` for async code: joins without blocking the caller's loop."""
         return await asyncio.get_running_loop().run_in_executor(None, lambda: cls.join(url, user, room, **kwargs))
 
@@ -197,7 +196,8 @@ class Session:
         try:
             welcome = await self._client.connect()
         except (OSError, asyncio.TimeoutError) as exc:
-            raise ConnectionError(f"cannot reach the room server at {self.url}: {exc}") from None
+            where = ", ".join(self._client.urls)
+            raise ConnectionError(f"cannot reach the room server at {where}: {exc}") from None
         await self._on_server(welcome)
 
     def leave(self) -> None:
@@ -212,6 +212,7 @@ class Session:
                 log.debug("shutdown", exc_info=True)
             self._engine.stop()
         self.sharing.close()
+        self._close_logbook()
 
     async def _shutdown(self) -> None:
         self.calls.end_all("the session left")
@@ -322,12 +323,22 @@ class Session:
         """
         return self._engine.submit(self.mesh.wait_for(users, timeout))
 
+    def peers_frame(self) -> Any:
+        """One row per peer (pandas DataFrame): name, member, state, reason, rtt, sas, lanes (docs/logs.md)."""
+        rows = [
+            {"name": name, "member": p.member, "state": p.state, "reason": p.reason, "rtt": p.rtt, "sas": p.sas,
+             "lanes": ",".join(list(p.link.lanes)) if p.link else None}
+            for name, p in sorted(self.peers.items())
+        ]
+        return frame(rows, "peers")
+
     def stats(self) -> dict[str, Any]:
-        """Per-link networking facts as DataFrames (docs/logs.md): ``links``, ``candidates``,
-        ``pairs`` (the selected ICE pair) and ``rtt`` (heartbeat round trips over time)."""
+        """Per-link networking facts as typed DataFrames (docs/logs.md): ``links``, ``candidates``,
+        ``pairs`` (the selected ICE pair), ``rtt`` (heartbeat round trips over time) and ``lanes``
+        (payload bytes sent and received per peer and lane, summed over this run's transfers)."""
 
         async def _collect() -> dict[str, list[dict[str, Any]]]:
-            out: dict[str, list[dict[str, Any]]] = {"links": [], "candidates": [], "pairs": [], "rtt": []}
+            out: dict[str, list[dict[str, Any]]] = {kind: [] for kind in STATS_COLUMNS}
             for name, peer in self.mesh.peers.items():
                 link = peer.link
                 if link is None:
@@ -345,6 +356,14 @@ class Session:
                 beat = link.find(Heartbeat)
                 if beat is not None:
                     out["rtt"] += [{"peer": name, "time": t, "rtt": rtt} for t, rtt in beat.samples]
+            lanes: dict[tuple[str, str], dict[str, Any]] = {}
+            for r in self.sharing.log_rows():
+                if r["lane"]:
+                    row = lanes.setdefault((r["peer"], r["lane"]), {
+                        "peer": r["peer"], "lane": r["lane"], "transfers": 0, "bytes_sent": 0, "bytes_received": 0})
+                    row["transfers"] += 1
+                    row["bytes_sent" if r["direction"] == "out" else "bytes_received"] += r["bytes_transferred"]
+            out["lanes"] = [lanes[k] for k in sorted(lanes)]
             return out
 
         rows = self._engine.run(_collect(), 10) if self._engine.alive else {k: [] for k in STATS_COLUMNS}
@@ -403,9 +422,12 @@ class Session:
 
     @property
     def messages(self) -> Any:
-        """Chat log (pandas DataFrame): time, sender, to, text, decision (sent / accept / refuse / ask)."""
+        """Chat log (pandas DataFrame): time, sender, to, text, decision (sent / accept / refuse / ask).
+
+        Like every log it starts with the rows of earlier runs (:attr:`logbook`)."""
         with self.chat._lock:
-            return frame(list(self.chat.rows), CHAT_COLUMNS)
+            rows = list(self.chat.rows)
+        return frame(self._earlier("messages") + rows, "messages")
 
     # -- files and URLs ---------------------------------------------------------------
     @property
@@ -455,19 +477,49 @@ class Session:
 
     @property
     def transfers(self) -> Any:
-        """One row per transfer, both directions (pandas DataFrame; columns in docs/logs.md)."""
-        return frame(self._engine_rows(self.sharing.log_rows), LOG_COLUMNS)
+        """One row per transfer, both directions (pandas DataFrame; columns in docs/logs.md).
+
+        Ended transfers of earlier runs with the same ``config_dir`` come first (:attr:`logbook`)."""
+        return frame(self._earlier("transfers") + self._engine_rows(self.sharing.log_rows), "transfers")
 
     @property
     def policy_log(self) -> Any:
-        """Every consent decision: who sent what, the decision and what made it (pandas DataFrame)."""
-        cols = ["time", "transfer_id", "sender", "kind", "name", "size", "hash", "url", "decision", "decided_by", "reason"]
-        return frame(list(self.sharing.policy_rows), cols)
+        """Every consent decision: who sent what, the decision and what made it (pandas DataFrame).
+
+        Decisions of earlier runs come first (:attr:`logbook`)."""
+        return frame(self._earlier("policy_log") + list(self.sharing.policy_rows), "policy_log")
 
     @property
     def progress_log(self) -> Any:
-        """Timestamped byte counts per transfer (pandas DataFrame)."""
-        return frame(list(self.sharing.progress_rows), ["time", "transfer_id", "bytes", "total"])
+        """Timestamped byte counts per transfer (pandas DataFrame); earlier runs' rows come first."""
+        return frame(self._earlier("progress_log") + list(self.sharing.progress_rows), "progress_log")
+
+    # -- the logbook: logs that survive a restart (ivisit_nb/logbook.py) -----------------
+    _logbook: Logbook | None = None
+
+    @property
+    def logbook(self) -> Logbook | None:
+        """Where the logs are persisted as they happen (``config_dir/<user>/logs.sqlite``), once joined.
+
+        ``logbook.earlier`` holds the rows of earlier runs that the logs show first, and
+        ``logbook.opened_at`` is when this run began (rows of earlier runs are older)."""
+        return self._logbook
+
+    def _earlier(self, log: str) -> list[dict[str, Any]]:
+        return self._logbook.earlier[log] if self._logbook is not None else []
+
+    def _attach_logbook(self) -> None:
+        self._logbook = Logbook(logbook_path(self.config_dir, self.user))
+        self._logbook.follow(
+            self.on,
+            progress_log=self.sharing.progress_rows,
+            policy_log=self.sharing.policy_rows,
+            messages=self.chat.rows,
+        )
+
+    def _close_logbook(self) -> None:
+        if self._logbook is not None:
+            self._logbook.close()
 
     def _engine_rows(self, fn: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
         if self._engine.alive and not self._engine.in_engine:

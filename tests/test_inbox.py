@@ -90,10 +90,10 @@ def test_corrupt_lines_are_skipped(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning) as record:
         inbox = Inbox(tmp_path)
     assert [str(w.message).split(" of ")[0] for w in record] == [f"skipped line {n}" for n in (2, 3, 4, 5)]
-    assert [i.time for i in inbox.items.itertuples()] == [0.0, 5.0]
+    assert [i.time.timestamp() for i in inbox.items.itertuples()] == [0.0, 5.0]
     inbox.add(item(6))  # appending still works after damage
     with pytest.warns(RuntimeWarning):
-        assert [i.time for i in Inbox(tmp_path).items.itertuples()] == [0.0, 5.0, 6.0]
+        assert [i.time.timestamp() for i in Inbox(tmp_path).items.itertuples()] == [0.0, 5.0, 6.0]
 
 
 def test_open_local_file(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_torn_last_line_does_not_swallow_the_next_item(tmp_path: Path) -> None:
         inbox = Inbox(tmp_path)
     inbox.add(item(2))
     with pytest.warns(RuntimeWarning, match="skipped line 2"):
-        assert [i.time for i in Inbox(tmp_path).items.itertuples()] == [0.0, 2.0]
+        assert [i.time.timestamp() for i in Inbox(tmp_path).items.itertuples()] == [0.0, 2.0]
 
 
 def test_odd_characters_round_trip(tmp_path: Path) -> None:
