@@ -12,6 +12,14 @@ side, and the time to "send" again a file the receiver already holds (dedup).
     python bench/transfer.py                    # 256 MiB x3 and 1 GiB x1
     python bench/transfer.py --sizes 64 --runs 3
     python bench/transfer.py --uvloop           # both sides on uvloop
+    python bench/transfer.py --turn             # relay (coturn) vs direct, 32 MiB x3, as root
+
+With --turn (root, iproute2 and Debian's coturn): sender and receiver are sessions in
+network namespaces A and B (tests/netns.py, tests/netns_peer.py), coturn and the room
+server in T. Each run sends one fresh file three times: once relay-only through coturn (A and B
+reach only T; credentials from the room server's welcome), once over a direct veth between
+A and B, both on the data channel, and once more over the direct veth with lane "auto"
+(the direct TLS lane for files from 8 MiB).
 """
 
 from __future__ import annotations
@@ -201,13 +209,120 @@ def run_ivisit(size: int, path: Path, use_uvloop: bool) -> dict:
     return res
 
 
+# -- through a TURN relay vs direct, between network namespaces (--turn) ---------------
+
+TURN_SECRET = "bench-turn-secret"
+
+
+def run_netns_pair(topo, url: str, path: Path, work: Path, *peer_args: str) -> dict:
+    """A sender in A and a receiver in B, linked, send ``path`` once.
+
+    Returns the seconds on the wire, the lane and ICE pair that carried it, and the
+    median heartbeat round trip on the idle link just before the transfer.
+    """
+    import netns  # tests/netns.py
+
+    send = netns.PeerProcess(topo, "A", "--url", url, "--user", "alice", "--room", "bench", "--workdir",
+                             str(work / "alice"), *peer_args, label="sender in A")
+    recv = netns.PeerProcess(topo, "B", "--url", url, "--user", "bob", "--room", "bench", "--workdir",
+                             str(work / "bob"), *peer_args, label="receiver in B")
+    try:
+        send.ask("wait_linked", peer="bob", timeout=120)
+        recv.ask("wait_linked", peer="alice", timeout=120)
+        rtt = send.ask("wait_rtt", peer="bob", count=5, timeout=60)["rtt"]
+        send.send("send_file", path=str(path), to="bob")
+        recv.ask("wait_file", sender="alice", timeout=600)
+        sent = send.reply(600)
+        assert sent["ok"], sent
+        pairs = send.ask("stats")["pairs"]
+    finally:
+        send.quit()
+        recv.quit()
+    pair = f"{pairs[0]['local_type']}/{pairs[0]['remote_type']}" if pairs else "?"
+    return {"seconds": sent["seconds"], "pair": pair, "lane": sent["lane"], "rtt_ms": statistics.median(rtt) * 1000}
+
+
+#: (label, room server, extra peer arguments) for each way through; see run_turn.
+TURN_MODES = (
+    ("relay", "relay", ("--ice-policy", "relay", "--lane", "datachannel")),
+    ("direct", "direct", ("--lane", "datachannel")),
+    ("direct, lane auto", "direct", ("--lane", "auto")),
+)
+
+
+def run_turn(sizes: list[int], runs: int) -> None:
+    """Throughput relay-only through coturn vs over a direct veth (see TURN_MODES), runs alternating."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import netns
+
+    reason = netns.unavailable()
+    if reason:
+        sys.exit(f"bench/transfer.py --turn: {reason}")
+    netns.sweep_stale()
+    topo = netns.Topology("bench", direct_link=True)
+    servers: list = []
+    turn = None
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            topo.create()
+            turn = netns.Coturn(topo, Path(tmp) / "coturn", TURN_SECRET).start()
+            relay_server = netns.RoomServerProcess(topo, "--turn-secret", TURN_SECRET, "--turn-url", turn.url)
+            direct_server = netns.RoomServerProcess(topo)  # no TURN at all: ICE can only go direct
+            servers = [relay_server, direct_server]
+            relay_server.start()
+            direct_server.start()
+            for mib in sizes:
+                size = mib * MiB
+                got: dict[str, list[dict]] = {label: [] for label, _, _ in TURN_MODES}
+                for i in range(runs):
+                    for n, (label, server, peer_args) in enumerate(TURN_MODES):  # alternate: drift hits all alike
+                        path = Path(tmp) / f"payload-{mib}MiB-{i}-{n}.bin"
+                        make_file(path, size)  # a fresh file each time: a repeat would be deduplicated
+                        url = relay_server.url if server == "relay" else direct_server.url
+                        r = run_netns_pair(topo, url, path, Path(tmp) / f"run-{mib}-{i}-{n}", *peer_args)
+                        path.unlink()
+                        got[label].append(r)
+                        print(f"  {mib} MiB run {i + 1}: {label:17} {size / r['seconds'] / 1e6:6.1f} MB/s "
+                              f"(pair {r['pair']}, lane {r['lane']}, idle heartbeat rtt {r['rtt_ms']:.2f} ms)", flush=True)
+                for label, rs in got.items():
+                    rows.append({
+                        "size": f"{mib} MiB", "runs": runs, "mode": label,
+                        "mbs": statistics.median(size / r["seconds"] / 1e6 for r in rs),
+                        "all": ", ".join(f"{size / r['seconds'] / 1e6:.1f}" for r in rs),
+                        "pair": " ".join(sorted({r["pair"] for r in rs})), "lane": " ".join(sorted({r["lane"] for r in rs})),
+                        "rtt": statistics.median(r["rtt_ms"] for r in rs),
+                    })
+    finally:
+        for srv in servers:
+            srv.stop()
+        if turn is not None:
+            turn.stop()
+        topo.destroy()
+    print()
+    print("| size | runs | path | MB/s (median) | each run | vs direct data channel | ICE pair | lane | idle rtt ms (median) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        base = next(x["mbs"] for x in rows if x["size"] == r["size"] and x["mode"] == "direct")
+        print(f"| {r['size']} | {r['runs']} | {r['mode']} | {r['mbs']:.1f} | {r['all']} | {r['mbs'] / base:.2f} | "
+              f"{r['pair']} | {r['lane']} | {r['rtt']:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="256,1024", help="sizes in MiB, comma-separated")
+    ap.add_argument("--sizes", default=None, help="sizes in MiB, comma-separated (default 256,1024; 32 with --turn)")
     ap.add_argument("--runs", type=int, default=3, help="runs per size (the 1 GiB size runs once unless --runs-big)")
     ap.add_argument("--runs-big", type=int, default=1, help="runs for sizes of 1 GiB and more")
     ap.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
+    ap.add_argument("--turn", action="store_true",
+                    help="relay through coturn vs a direct path, between network namespaces (needs root and coturn)")
     args = ap.parse_args(argv)
+    if args.turn:
+        print(f"# transfer bench --turn {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, "
+              f"python {sys.version.split()[0]}", flush=True)
+        run_turn([int(x) for x in (args.sizes or "32").split(",")], args.runs)
+        return
+    args.sizes = args.sizes or "256,1024"
     print(f"# transfer bench {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, python {sys.version.split()[0]}, "
           f"loop={'uvloop' if args.uvloop else 'asyncio'}", flush=True)
     rows = []

@@ -225,8 +225,8 @@ def _configure_server(p: argparse.ArgumentParser) -> None:
         "(default: $IVISIT_NB_TURN_SECRET, else none); needs --turn-url",
     )
     p.add_argument(
-        "--turn-url", action="append", default=None, metavar="URL",
-        help="the TURN server for those credentials, e.g. turn:HOST:3478 (repeat for more URLs)",
+        "--turn-url", default=None, metavar="URL",
+        help="the TURN server for those credentials, e.g. turn:HOST:3478",
     )
     p.add_argument(
         "--turn-ttl", type=_positive, default=3600,
@@ -245,7 +245,7 @@ def _turn_extras(args: argparse.Namespace) -> Callable[[str], dict[str, Any]] | 
         raise ValueError("--turn-secret needs --turn-url, e.g. --turn-url turn:HOST:3478")
     from .room.turn import TurnCredentials
 
-    return TurnCredentials(args.turn_secret, tuple(args.turn_url), args.turn_ttl).welcome_extras
+    return TurnCredentials(args.turn_secret, args.turn_url, args.turn_ttl).welcome_extras
 
 
 @register("server", "run a room server (signalling only)", _configure_server)
@@ -385,7 +385,7 @@ def _is_url(text: str) -> bool:
 def _run_send(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .sharing.urls import BadURL, check_url
+    from .protocol.urls import BadURL, check_url
 
     out = Output(args.json)
     for item in args.items:  # check everything before connecting
@@ -541,3 +541,39 @@ def _run_demo(args: argparse.Namespace) -> int:
             out.event(summary, f"summary: {'OK' if ok else 'FAILED'} - {len(bob.messages)} message, "
                                f"{len(bob.inbox.items)} items in bob's inbox, rtt {summary['rtt_ms']} ms")
     return 0 if ok else 1
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def _configure_logs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config-dir", default=None,
+                   help="the config dir the sessions used (default $IVISIT_NB_CONFIG, else ~/.config/ivisit_nb)")
+    p.add_argument("--user", required=True, help="whose logs to export")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--csv", metavar="OUT_DIR", help="write one CSV file per log into OUT_DIR")
+    where.add_argument("--parquet", metavar="OUT_DIR", help="write one Parquet file per log into OUT_DIR")
+
+
+@register("logs", "export a user's persisted logs (transfers, progress, policy, messages, items) as CSV or Parquet",
+          _configure_logs)
+def _run_logs(args: argparse.Namespace) -> int:
+    from .logbook import export, load
+    from .settings import default_config_dir
+
+    out = Output(args.json)
+    config_dir = args.config_dir or default_config_dir()
+    try:
+        frames = load(config_dir, args.user)
+    except FileNotFoundError as exc:
+        out.error(str(exc), code="no-logbook")
+        return 1
+    fmt, target = ("csv", args.csv) if args.csv else ("parquet", args.parquet)
+    try:
+        written = export(frames, target, fmt)
+    except (OSError, ImportError) as exc:
+        out.error(f"cannot write {fmt} files into {target}: {exc}", code="export-failed")
+        return 1
+    for (name, df), path in zip(frames.items(), written):
+        out.event({"event": "exported", "log": name, "rows": len(df), "path": str(path)}, f"{name}: {len(df)} rows -> {path}")
+    return 0

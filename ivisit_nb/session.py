@@ -125,7 +125,8 @@ class Session:
             offer_timeout=offer_timeout,
             max_pending_offers=max_pending_offers,
             stall_timeout=stall_timeout,
-            lane=lane,
+            # relay-only means every byte goes through TURN: no direct lane unless a user's setting asks
+            lane="datachannel" if ice_policy == "relay" and lane == "auto" else lane,
         )
         self.mesh = Mesh(
             user,

@@ -18,7 +18,7 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Iterable
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from ..protocol.wire import WireError, dump_control, parse_control
@@ -48,7 +48,7 @@ def ice_configuration(ice_servers: list[Any] | None, relay_only: bool = False) -
         else:
             servers.append(RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")))
     if relay_only:
-        return RTCConfiguration(iceServers=servers, iceTransportPolicy="relay")
+        return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY)
     return RTCConfiguration(iceServers=servers)
 
 

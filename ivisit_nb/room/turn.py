@@ -15,12 +15,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-TURN_SCHEMES = ("turn:", "turns:")
 DEFAULT_TTL = 3600
+#: turn:HOST[:PORT][?transport=udp|tcp] or turns:..., the forms aiortc accepts (IPv6 hosts are not).
+TURN_URL = re.compile(r"turns?:[^?:/\[\]\s]+(:[0-9]{1,5})?(\?transport=(udp|tcp))?")
 
 
 def turn_password(secret: str, username: str) -> str:
@@ -31,7 +33,7 @@ def turn_password(secret: str, username: str) -> str:
 
 def check_turn_url(url: str) -> str:
     """Return ``url`` if it is a ``turn:`` or ``turns:`` URL; raise ``ValueError`` saying why not."""
-    if not isinstance(url, str) or not url.startswith(TURN_SCHEMES) or len(url) <= len("turn:"):
+    if not isinstance(url, str) or not TURN_URL.fullmatch(url):
         raise ValueError(
             f"not a TURN URL: {url!r}; write it as turn:HOST:PORT (e.g. turn:turn.example.org:3478), "
             "optionally with ?transport=tcp, or turns:HOST:PORT for TLS"
@@ -43,21 +45,20 @@ def check_turn_url(url: str) -> str:
 class TurnCredentials:
     """Mints time-limited TURN credentials from a shared secret.
 
-    ``urls``: the TURN server's URLs (``turn:HOST:3478``...); ``secret``: its
-    ``--static-auth-secret``; ``ttl``: how many seconds each credential stays valid.
+    ``secret``: the TURN server's ``--static-auth-secret``; ``url``: its URL
+    (``turn:HOST:3478``, ``turn:HOST:3478?transport=tcp`` or ``turns:HOST:5349?transport=tcp``;
+    aiortc uses one TURN server per link, so there is one URL); ``ttl``: how many seconds
+    each credential stays valid for new allocations.
     """
 
-    secret: str
-    urls: tuple[str, ...]
+    secret: str = field(repr=False)  # never in logs or tracebacks
+    url: str
     ttl: int = DEFAULT_TTL
 
     def __post_init__(self) -> None:
         if not self.secret:
             raise ValueError("the TURN secret is empty; pass the value of coturn's --static-auth-secret")
-        if not self.urls:
-            raise ValueError("no TURN URL given; pass at least one turn:HOST:PORT")
-        for url in self.urls:
-            check_turn_url(url)
+        check_turn_url(self.url)
         if self.ttl < 1:
             raise ValueError(f"the TURN credential lifetime must be at least 1 second, not {self.ttl}")
 
@@ -68,8 +69,7 @@ class TurnCredentials:
         ambiguous, so it is replaced by ``_`` (the name part is only informative).
         """
         username = f"{int(now) + self.ttl}:{name.replace(':', '_')}"
-        urls: str | list[str] = self.urls[0] if len(self.urls) == 1 else list(self.urls)
-        return {"urls": urls, "username": username, "credential": turn_password(self.secret, username)}
+        return {"urls": self.url, "username": username, "credential": turn_password(self.secret, username)}
 
     def ice_servers(self, name: str, now: float) -> list[dict[str, Any]]:
         """The ``ice_servers`` list for user ``name`` at ``now`` (Unix time)."""
