@@ -623,7 +623,11 @@ class Sharing(BaseLinkProtocol):
             self._refuse(link, t, str(exc))
             return None, None
         self._direct[t.transfer_id] = listener
-        writer_ready = lambda: self._parts[t.transfer_id].ready() if t.transfer_id in self._parts else _done()  # noqa: E731
+
+        async def writer_ready() -> None:  # backpressure: the lane reads on when the disk keeps up
+            writer = self._parts.get(t.transfer_id)
+            if writer is not None:
+                await writer.ready()
 
         def connected(fut: asyncio.Future[Any]) -> None:
             if fut.cancelled() or fut.exception() is not None:
@@ -776,10 +780,6 @@ class Sharing(BaseLinkProtocol):
 
     def log_rows(self) -> list[dict[str, Any]]:
         return [t.as_row() for t in self.transfers.values()]
-
-
-async def _done() -> None:
-    return None
 
 
 __all__ = ["Sharing", "SharingHost", "SharingLink", "LOG_COLUMNS"]
