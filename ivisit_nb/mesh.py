@@ -258,8 +258,10 @@ class Mesh:
             left = deadline - time.monotonic()
             if all(u in peers and peers[u].state == "connected" for u in want):
                 # the short authentication string follows one round trip later; give it a moment
+                if sas_grace is None:
+                    sas_grace = time.monotonic() + SAS_GRACE
                 verified = all(peers[u].sas is not None for u in want)
-                if verified or left <= 0 or time.monotonic() > (sas_grace := sas_grace or time.monotonic() + SAS_GRACE):
+                if verified or left <= 0 or time.monotonic() > sas_grace:
                     return {u: peers[u] for u in want}
             if left <= 0:
                 states = {u: (peers[u].state if u in peers else "absent") for u in sorted(want)}
