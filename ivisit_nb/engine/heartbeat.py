@@ -15,6 +15,7 @@ from typing import Any
 
 from .linkproto import BaseLinkProtocol
 from .loop import spawn
+from .stats import sctp_acked
 
 HEARTBEAT_INTERVAL = 0.5
 DEAD_AFTER = 3.5
@@ -52,10 +53,15 @@ class Heartbeat(BaseLinkProtocol):
             self._task.cancel()
 
     async def _beat(self, link: Any) -> None:
+        acked = sctp_acked(link)
         while link.state == "connected":
             await asyncio.sleep(self.interval)
             now = time.monotonic()
             link.send({"t": "ping", "ts": now})
+            # A peer whose SCTP acknowledges our data is alive, even if its pings are stuck
+            # behind a retransmission timer while we send a file at full speed.
+            if (latest := sctp_acked(link)) != acked:
+                acked, link.last_heard = latest, max(link.last_heard, now)
             silent = now - link.last_heard
             if silent > self.dead_after:
                 await link.close("failed", f"no heartbeat from {link.remote} for {silent:.1f} s")

@@ -59,6 +59,11 @@ def selected_pair(link: Any) -> tuple[CandidateInfo, CandidateInfo] | None:
         return None
 
 
+def sctp_acked(link: Any) -> int | None:
+    """The highest TSN the peer's SCTP has acknowledged: it moves while the peer takes our data."""
+    return getattr(getattr(link.pc, "sctp", None), "_last_sacked_tsn", None)
+
+
 def sctp_counters(link: Any) -> dict[str, Any]:
     """What SCTP exposes about congestion: window, bytes in flight, retransmission timeout, queues."""
     sctp = getattr(link.pc, "sctp", None)
