@@ -333,7 +333,7 @@ class Sharing(BaseLinkProtocol):
 
     async def _sending_lane(self, t: Transfer, link: SharingLink, e: sp.OfferAccepted) -> Lane | None:
         """The lane the receiver chose; for the direct lane, connect first and fall back to the
-        data channel if that fails within about a second (and the offer allowed it)."""
+        data channel if that fails within 0.75 s (and the offer allowed it)."""
         if e.lane != direct.NAME:
             lane = link.lanes.get(e.lane)
             if lane is None:
