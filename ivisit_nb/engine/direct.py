@@ -42,15 +42,15 @@ from typing import Any, Awaitable, Callable
 log = logging.getLogger("ivisit_nb.direct")
 
 NAME = "direct"
-FRAME_PAYLOAD = 1 << 20  # bytes of file per frame on this lane
-MAX_FRAME = FRAME_PAYLOAD + 64
+FRAME_PAYLOAD = 512 << 10  # bytes of file per frame on this lane
+MAX_FRAME = (1 << 20) + 64  # what a receiver takes (protocol.md); we send smaller frames
 CONNECT_TIMEOUT = 0.75  # the sender's budget to get a pinned TLS connection up (then: the data channel)
 HELLO_TIMEOUT = 2.0  # a connection must finish TLS and present the token within this
 LISTEN_TIMEOUT = 15.0  # the listener gives up after this
 MAX_ATTEMPTS = 16  # failed connections a listener tolerates (port scanners)
 TOKEN_BYTES = 32
 ACK = b"\x01"  # the listener's one-byte answer to a right token
-WRITE_BUFFER = 2 << 20
+WRITE_BUFFER = 1 << 20
 STREAM_LIMIT = 2 << 20  # the reader's buffer: a whole frame fits without pausing the socket
 #: Tests and benches may replace the advertised candidates, e.g. "127.0.0.1:1" (refuses).
 CANDIDATES_ENV = "IVISIT_NB_DIRECT_CANDIDATES"

@@ -14,8 +14,8 @@ import queue
 import threading
 from typing import Any, Callable
 
-HIGH = 4 << 20  # bytes queued before ready() makes the lane wait ...
-LOW = 2 << 20  # ... until they drop to this
+HIGH = 2 << 20  # bytes queued before ready() makes the lane wait ...
+LOW = 1 << 20  # ... until they drop to this
 
 
 class PartWriter:
