@@ -325,6 +325,7 @@ class SharingProtocol:
         self.stall_timeout, self.offer_timeout, self.answer_grace = stall_timeout, offer_timeout, answer_grace
         self._now = now
         self._transfers: dict[str, _Transfer] = {}
+        self._live: dict[str, _Transfer] = {}  # the transfers not finished: what timers look at
         self._pending: set[str] = set()  # offers from the peer waiting for our decision
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest first, for pruning
         self._control_out: list[dict[str, Any]] = []
@@ -332,8 +333,7 @@ class SharingProtocol:
         self._events: list[SharingEvent] = []
 
     def __repr__(self) -> str:
-        live = sum(t.live for t in self._transfers.values())
-        return f"<SharingProtocol {self.local} <-> {self.remote}: {live} live transfers>"
+        return f"<SharingProtocol {self.local} <-> {self.remote}: {len(self._live)} live transfers>"
 
     # -- outputs ------------------------------------------------------------------
 
@@ -370,7 +370,7 @@ class SharingProtocol:
 
     def live_transfers(self) -> list[str]:
         """Ids of transfers not yet finished, either direction."""
-        return [t.id for t in self._transfers.values() if t.live]
+        return list(self._live)
 
     # -- time ------------------------------------------------------------------------
 
@@ -389,14 +389,14 @@ class SharingProtocol:
 
     def get_timer(self) -> float | None:
         """When :meth:`handle_timer` should next be called, or None if nothing waits."""
-        deadlines = [d for t in self._transfers.values() if t.live and (d := self._deadline(t)) is not None]
+        deadlines = [d for t in self._live.values() if (d := self._deadline(t)) is not None]
         return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         """Act on every deadline up to ``now``: stalled transfers fail, unanswered offers expire."""
         self._tick(now)
-        for t in list(self._transfers.values()):
-            deadline = self._deadline(t) if t.live else None
+        for t in list(self._live.values()):
+            deadline = self._deadline(t)
             if deadline is None or deadline > now:
                 continue
             if t.state == "offered" and t.role == "receive":
@@ -421,6 +421,7 @@ class SharingProtocol:
 
     def _finish(self, t: _Transfer, state: str) -> None:
         t.state = state
+        self._live.pop(t.id, None)
         self._pending.discard(t.id)
         self._finished[t.id] = None
         while len(self._finished) > FINISHED_KEPT:
@@ -490,7 +491,7 @@ class SharingProtocol:
         except _Malformed as exc:
             raise ValueError(f"cannot offer this: {exc}") from None
         msg["name"] = fields[1]  # a file name is sent as a peer will show it
-        self._transfers[transfer_id] = _Transfer(transfer_id, "send", *fields, active_at=self._tick(now))
+        self._transfers[transfer_id] = self._live[transfer_id] = _Transfer(transfer_id, "send", *fields, active_at=self._tick(now))
         self._control_out.append(msg)
 
     def start_sending(self, transfer_id: str, offset: int, *, now: float | None = None) -> None:
@@ -619,10 +620,9 @@ class SharingProtocol:
 
     def connection_lost(self, reason: str = "connection lost") -> None:
         """The link is gone: every live transfer fails (``by_peer=False``); nothing is sent."""
-        for t in list(self._transfers.values()):
-            if t.live:
-                self._finish(t, "failed")
-                self._events.append(TransferFailed(t.id, reason, by_peer=False))
+        for t in list(self._live.values()):
+            self._finish(t, "failed")
+            self._events.append(TransferFailed(t.id, reason, by_peer=False))
 
     # -- input: control ------------------------------------------------------------
 
@@ -685,7 +685,7 @@ class SharingProtocol:
             self._send("refuse", transfer_id, reason=f"too many pending offers from {self.remote}")
             self._events.append(OfferFlooded(transfer_id, name))
             return
-        self._transfers[transfer_id] = t
+        self._transfers[transfer_id] = self._live[transfer_id] = t
         self._pending.add(transfer_id)
         self._events.append(OfferReceived(transfer_id, kind, name, size, hash_, url, lanes, lane_info))
 
