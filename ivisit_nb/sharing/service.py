@@ -121,6 +121,7 @@ class Sharing(BaseLinkProtocol):
         self._direct: dict[str, Any] = {}  # transfer id -> its direct Listener or DirectTlsLane
         self._sealed: set[str] = set()  # incoming transfers verified and being placed
         self._paths: dict[str, Path] = {}  # outgoing transfer id -> local file
+        self._offered: dict[str, tuple[str, ...]] = {}  # outgoing transfer id -> the lanes we offered
         self._receiving: set[str] = set()  # incoming files admitted (holding a slot)
         self._queue: list[tuple[SharingLink, sp.SharingProtocol, Transfer]] = []  # accepted, waiting for a slot
         self._last_progress: dict[str, float] = {}
@@ -308,7 +309,7 @@ class Sharing(BaseLinkProtocol):
                 self._paths[t.transfer_id] = path
             self._links[t.transfer_id] = link
             proto = self._protocol(link)
-            lanes = self._lanes_for(t.peer, t.kind, t.size)
+            lanes = self._offered[t.transfer_id] = self._lanes_for(t.peer, t.kind, t.size)
             info = {direct.NAME: {"cert": self.identity.cert_pem}} if direct.NAME in lanes else None
             proto.offer(t.transfer_id, t.kind, t.name, t.size, t.hash, url=t.url, lanes=lanes, lane_info=info, now=time.monotonic())
             self._flush(link, proto)
@@ -343,7 +344,7 @@ class Sharing(BaseLinkProtocol):
             info = (e.lane_info or {}).get(direct.NAME)
             lane = await direct.connect(self.identity, info, f"to {t.peer} for {t.name}")
         except direct.DirectLaneError as exc:
-            if sp.DEFAULT_LANE in self._lanes_for(t.peer, t.kind, t.size):
+            if sp.DEFAULT_LANE in self._offered.get(t.transfer_id, ()):
                 log.info("%s; sending %s to %s on the data channel instead", exc, t.name, t.peer)
                 return link.lanes.get(sp.DEFAULT_LANE)
             self._stop(t, "failed", f"{exc} (the data channel is turned off for {t.peer})")
@@ -583,8 +584,9 @@ class Sharing(BaseLinkProtocol):
         if outcome in ("have", "resume"):
             proto.have(t.transfer_id)
             self._flush(link, proto)
-            t._start(t.size, "dedup" if outcome == "have" else "resume")
-            self._arrived(t, value, t.lane or "dedup")
+            lane = "dedup" if outcome == "have" else "resume"
+            t._start(t.size, lane)
+            self._arrived(t, value, lane)
             return
         lane, info = await self._receiving_lane(t, link)
         if lane is None or t.ended:
@@ -744,8 +746,11 @@ class Sharing(BaseLinkProtocol):
         if now - self._last_progress.get(t.transfer_id, 0.0) < PROGRESS_EVERY and t.received < t.size:
             return
         self._last_progress[t.transfer_id] = now
-        self.progress_rows.append({"time": time.time(), "transfer_id": t.transfer_id, "bytes": t.received, "total": t.size})
+        self._progress_row(t)
         self.host.emit(ev.TransferProgress(transfer=t, bytes=t.received, total=t.size, rate=t.rate, text=t.text))
+
+    def _progress_row(self, t: Transfer) -> None:
+        self.progress_rows.append({"time": time.time(), "transfer_id": t.transfer_id, "bytes": t.received, "total": t.size})
 
     def _finish(self, t: Transfer, status: str, reason: str = "") -> None:
         writer = self._parts.pop(t.transfer_id, None)
@@ -757,11 +762,12 @@ class Sharing(BaseLinkProtocol):
         self._offers.pop(t.transfer_id, None)
         self._sealed.discard(t.transfer_id)
         self._paths.pop(t.transfer_id, None)
+        self._offered.pop(t.transfer_id, None)
         self._links.pop(t.transfer_id, None)
         self._last_progress.pop(t.transfer_id, None)
         if t._end(status, reason):
             if t.received and t.size:
-                self.progress_rows.append({"time": time.time(), "transfer_id": t.transfer_id, "bytes": t.received, "total": t.size})
+                self._progress_row(t)
             self.host.emit(ev.TransferEnded(transfer=t, status=status, reason=reason))
         if t.transfer_id in self._receiving:
             self._receiving.discard(t.transfer_id)
