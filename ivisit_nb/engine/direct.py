@@ -39,6 +39,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from .stats import candidates
+
 log = logging.getLogger("ivisit_nb.direct")
 
 NAME = "direct"
@@ -139,16 +141,9 @@ def _peer_fingerprint(writer: asyncio.StreamWriter) -> str | None:
     return hashlib.sha256(der).hexdigest() if der else None
 
 
-def is_cert(value: Any) -> bool:
-    """True for one PEM certificate of a sane size."""
-    return _is_cert(value)
-
-
 def local_addresses(link: Any) -> list[str]:
     """The link's local host addresses as ICE gathered them (not loopback or link-local);
     127.0.0.1 if ICE found none."""
-    from .stats import candidates
-
     found = []
     for c in candidates(link):
         if c.side != "local" or c.type != "host":
@@ -162,7 +157,8 @@ def local_addresses(link: Any) -> list[str]:
     return found or ["127.0.0.1"]
 
 
-def _is_cert(value: Any) -> bool:
+def is_cert(value: Any) -> bool:
+    """True for one PEM certificate of a sane size."""
     if not isinstance(value, str) or len(value) > 8192 or "BEGIN CERTIFICATE" not in value:
         return False
     try:
@@ -341,7 +337,7 @@ def check_info(info: Any) -> tuple[list[tuple[str, int]], str, bytes]:
         if not 0 < c[1] < 65536:
             raise DirectLaneError(f"direct-lane candidate port {c[1]} is out of range")
         pairs.append((c[0], c[1]))
-    if not _is_cert(cert):
+    if not is_cert(cert):
         raise DirectLaneError("the direct-lane certificate is not a PEM certificate")
     if not (isinstance(token, str) and len(token) == 2 * TOKEN_BYTES):
         raise DirectLaneError("the direct-lane token is not 64 hex digits")
