@@ -25,6 +25,7 @@ from ..protocol.wire import WireError, dump_control, parse_control
 from .lanes import DataChannelLane, Lane
 from .linkproto import LinkProtocol
 from .loop import spawn
+from .stats import sctp_unacked
 
 log = logging.getLogger("ivisit_nb.peerlink")
 
@@ -299,20 +300,11 @@ class PeerLink:
         """Wait until the peer has acknowledged everything we queued on both channels (True),
         or ``timeout`` s passed (False). Call before closing, so last words get out."""
         deadline = time.monotonic() + timeout
-        while self.control.bufferedAmount or self.data_lane.buffered or self._sctp_unacked():
+        while self.control.bufferedAmount or self.data_lane.buffered or sctp_unacked(self):
             if self.control.readyState != "open" or time.monotonic() > deadline:
                 return False
             await asyncio.sleep(0.01)
         return True
-
-    def _sctp_unacked(self) -> bool:
-        """True while SCTP still holds data not yet acknowledged by the peer.
-
-        aiortc has no public API for this; its transport's queues are read if present
-        (aiortc 1.x), and otherwise we rely on bufferedAmount alone.
-        """
-        sctp = self.pc.sctp
-        return bool(getattr(sctp, "_outbound_queue", None) or getattr(sctp, "_sent_queue", None))
 
     async def close(self, state: str = "closed", reason: str = "") -> None:
         """Close the connection; the state becomes ``state`` (closed or failed)."""

@@ -64,6 +64,12 @@ def sctp_acked(link: Any) -> int | None:
     return getattr(getattr(link.pc, "sctp", None), "_last_sacked_tsn", None)
 
 
+def sctp_unacked(link: Any) -> bool:
+    """True while SCTP still holds data the peer has not acknowledged (its queues; False if unknown)."""
+    sctp = getattr(link.pc, "sctp", None)
+    return bool(getattr(sctp, "_outbound_queue", None) or getattr(sctp, "_sent_queue", None))
+
+
 def sctp_counters(link: Any) -> dict[str, Any]:
     """What SCTP exposes about congestion: window, bytes in flight, retransmission timeout, queues."""
     sctp = getattr(link.pc, "sctp", None)
