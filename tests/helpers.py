@@ -22,3 +22,15 @@ def make_file(path: Path, size: int) -> Path:
     """A file of ``size`` random bytes."""
     path.write_bytes(os.urandom(size))
     return path
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """A sparse file of ``size`` bytes, zeros but for 4 KiB of random bytes in the middle.
+
+    Free to make at any size, so a test that must act mid-transfer can use a file far too
+    large to finish before it acts, even on a fast, idle machine."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(size // 2)
+        f.write(os.urandom(4096))  # not all zeros, so a wrong byte would show
+    return path

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from helpers import make_file, wait_until
+from helpers import make_file, sparse_file, wait_until
 from ivisit_nb.engine import direct
 from ivisit_nb.sharing.hashing import hash_file
 
@@ -22,11 +22,7 @@ BIG = 256 << 20  # sparse: free to make, and a few hundred ms to a few s on the 
 
 
 def sparse(path, size=BIG):
-    with open(path, "wb") as f:
-        f.truncate(size)
-        f.seek(size // 2)
-        f.write(os.urandom(4096))  # not all zeros, so a wrong byte would show
-    return path
+    return sparse_file(path, size)
 
 
 def _nothing_in_view(bob, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from ivisit_nb.protocol.sharing import content_hash as hash_bytes
 from ivisit_nb.sharing.hashing import hash_file
 from ivisit_nb.protocol.urls import BadURL
-from helpers import make_file, wait_until
+from helpers import make_file, sparse_file, wait_until
 from rogue import Rogue
 
 
@@ -152,11 +152,11 @@ def test_progress_text_reads_like_ivisit(pair, tmp_path):
     assert len(bob.progress_log) >= 1
 
 
-def _slow_transfer(alice, bob, tmp_path, size=30_000_000):
-    """30 MB on the data channel (about a second here); tests/test_direct.py does the direct lane."""
+def _slow_transfer(alice, bob, tmp_path, size=256 << 20):
+    """256 MiB on the data channel (several seconds); tests/test_direct.py does the direct lane."""
     bob.settings["alice"].files = "accept"
     bob.settings["alice"].lane = "datachannel"
-    t = alice.send_file(make_file(tmp_path / "slow.bin", size), to="bob")
+    t = alice.send_file(sparse_file(tmp_path / "slow.bin", size), to="bob")
     incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.direction == "in" and x.received > 0], 20)[0]
     return t, incoming
 
@@ -210,8 +210,8 @@ def test_resume_after_the_sender_is_killed(server, make_session, tmp_path):
     bob.receiving = True
     bob.settings.defaults.files = "accept"
     bob.settings.defaults.lane = "datachannel"  # tests/test_direct.py kills a sender on the direct lane
-    size = 24_000_000
-    f = make_file(tmp_path / "movie.bin", size)
+    size = 256 << 20  # far too large to finish before the kill lands
+    f = sparse_file(tmp_path / "movie.bin", size)
     proc = subprocess.Popen(
         [sys.executable, os.path.join(os.path.dirname(__file__), "_sender.py"),
          server.url, "lab", "zed", str(tmp_path / "zed"), "bob", str(f)],
@@ -219,7 +219,7 @@ def test_resume_after_the_sender_is_killed(server, make_session, tmp_path):
     )
     try:
         assert proc.stdout.readline().strip() == "offered"
-        incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.received > size // 4], 60)[0]
+        incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.received > (1 << 20)], 60)[0]
         proc.send_signal(signal.SIGKILL)
         assert incoming.wait(10) == "failed"
     finally:
@@ -505,7 +505,7 @@ def test_leaving_cancels_transfers_with_a_reason(pair, tmp_path):
     alice, bob = pair
     bob.settings["alice"].files = "accept"
     bob.settings["alice"].lane = "datachannel"  # slow enough to leave mid-transfer
-    t = alice.send_file(make_file(tmp_path / "big.bin", 30_000_000), to="bob")
+    t = alice.send_file(sparse_file(tmp_path / "big.bin", 256 << 20), to="bob")
     incoming = wait_until(lambda: [x for x in bob.sharing.transfers.values() if x.received > 0], 20)[0]
     alice.leave()
     assert t.status == "cancelled" and t.reason == "alice left"

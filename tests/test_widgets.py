@@ -11,7 +11,7 @@ import time
 
 import ipywidgets as widgets
 import pytest
-from helpers import wait_until
+from helpers import sparse_file, wait_until
 
 from ivisit_nb import events as ev
 from ivisit_nb.sharing.inbox import Item
@@ -194,9 +194,10 @@ def test_offer_timeout_removes_the_card(server, make_session, tmp_path):
 
 
 # -- progress -----------------------------------------------------------------------------------
-def slow_transfer(alice, bob, tmp_path, size=30_000_000):
+def slow_transfer(alice, bob, tmp_path, size=1 << 30):
+    """1 GiB (sparse) on the direct lane: seconds, so a click lands mid-transfer."""
     bob.settings["alice"].files = "accept"
-    t = alice.send_file(make_file(tmp_path / "slow.bin", size), to="bob")
+    t = alice.send_file(sparse_file(tmp_path / "slow.bin", size), to="bob")
     incoming = wait_until(lambda: bob.sharing.transfers.get(t.transfer_id), 10)
     return t, incoming
 
