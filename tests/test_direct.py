@@ -13,6 +13,7 @@ import sys
 import threading
 
 import pytest
+import uvloop
 
 from helpers import make_file, sparse_file, wait_until
 from ivisit_nb.engine import direct
@@ -37,13 +38,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+LOOPS = pytest.mark.parametrize("runner", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])  # sessions use uvloop
+
+
 async def _listener(receiver: direct.Identity, sender: direct.Identity):
     listener = direct.Listener(receiver, sender.cert_pem, "test")
     info = await listener.start(["127.0.0.1"])
     return listener, info
 
 
-def test_the_right_sender_gets_through_and_frames_arrive_in_order():
+@LOOPS
+def test_the_right_sender_gets_through_and_frames_arrive_in_order(runner):
     async def main():
         alice, bob = direct.Identity.generate(), direct.Identity.generate()
         listener, info = await _listener(bob, alice)
@@ -67,7 +72,64 @@ def test_the_right_sender_gets_through_and_frames_arrive_in_order():
         lane.close()
         return got
 
-    assert run(main()) == [bytes([i]) * (1000 + i) for i in range(3)]
+    assert runner(main()) == [bytes([i]) * (1000 + i) for i in range(3)]
+
+
+@LOOPS
+def test_frames_sent_before_the_receiver_reads_are_kept_in_order(runner):
+    """The sender may start right after the ACK, before the receiver's lane reads: bytes the
+    handshake stream already buffered, and whole frames, are handed on first and in order."""
+    async def main():
+        alice, bob = direct.Identity.generate(), direct.Identity.generate()
+        listener, info = await _listener(bob, alice)
+        lane = await direct.connect(alice, info, "test")
+        sizes = [5, 300_000, 1 << 20, 17]
+        for i, n in enumerate(sizes):
+            await lane.send_frame(bytes([i]) * n)
+        theirs = await listener.lane
+        await asyncio.sleep(0.2)  # let everything reach the receiver's socket and stream
+        got: list[bytes] = []
+        theirs.start_reading(lambda f: got.append(bytes(f)), lambda: None)
+        while len(got) < len(sizes):
+            await asyncio.sleep(0.01)
+        lane.close()
+        return got
+
+    assert runner(main()) == [bytes([i]) * n for i, n in enumerate([5, 300_000, 1 << 20, 17])]
+
+
+@LOOPS
+def test_a_waiting_ready_pauses_reading_and_frames_arrive_once_it_is_done(runner):
+    async def main():
+        alice, bob = direct.Identity.generate(), direct.Identity.generate()
+        listener, info = await _listener(bob, alice)
+        lane = await direct.connect(alice, info, "test")
+        theirs = await listener.lane
+        got: list[bytes] = []
+        gate = asyncio.get_running_loop().create_future()
+
+        def ready():
+            return gate if len(got) == 1 else None  # the disk is slow after the first frame
+
+        theirs.start_reading(lambda f: got.append(bytes(f)), ready)
+        sender = asyncio.ensure_future(_send_all(lane, 40))  # 40 x 512 KiB: more than the socket buffers hold
+        await asyncio.sleep(0.5)
+        held = len(got)
+        gate.set_result(None)
+        await asyncio.wait_for(sender, 20)
+        while len(got) < 40:
+            await asyncio.sleep(0.01)
+        lane.close()
+        return held, got
+
+    held, got = runner(main())
+    assert held == 1  # nothing was read while ready() waited
+    assert got == [bytes([i % 256]) * (512 << 10) for i in range(40)]
+
+
+async def _send_all(lane, n):
+    for i in range(n):
+        await lane.send_frame(bytes([i % 256]) * (512 << 10))
 
 
 def test_a_wrong_token_is_refused():

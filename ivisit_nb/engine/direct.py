@@ -180,62 +180,151 @@ def advertised(addresses: list[str], ports: dict[str, int]) -> list[list[Any]]:
 # -- the lane -------------------------------------------------------------------------
 
 
-class DirectTlsLane:
-    """Frames over one TLS stream (see the module docstring). ``name`` is ``"direct"``."""
+class DirectTlsLane(asyncio.BufferedProtocol):
+    """Frames over one TLS stream (see the module docstring). ``name`` is ``"direct"``.
+
+    Made from the stream pair that carried the handshake; from then on the lane is the
+    transport's protocol. TLS decrypts straight into each frame's own buffer (no stream
+    buffer, no copies), and a frame is handed on as a read-only view of that buffer.
+    Reading pauses while ``ready()`` (the disk's backpressure) waits.
+    """
 
     name = NAME
     frame_payload = FRAME_PAYLOAD
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, describe: str) -> None:
-        self.reader, self.writer = reader, writer
         self.describe = describe
         self.bytes_sent = 0
         self.bytes_received = 0
         self._closed = False
-        self._task: asyncio.Task[None] | None = None
-        transport = writer.transport
-        if hasattr(transport, "set_write_buffer_limits"):
-            transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self._transport: Any = writer.transport
+        self._streams = (reader, writer)  # kept: a collected StreamWriter closes its transport
+        self._header = bytearray(4)
+        self._frame: bytearray | None = None  # the frame being filled, or None while reading a header
+        self._filled = 0
+        self._on_frame: Callable[[Any], None] | None = None
+        self._ready: Callable[[], Awaitable[None] | None] | None = None
+        self._early: list[Any] = []  # frames complete before start_reading
+        self._waiting: asyncio.Task[None] | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        leftover = bytes(reader._buffer)  # what the stream had read past the handshake
+        reader._buffer.clear()
+        self._transport.set_protocol(self)
+        if hasattr(self._transport, "set_write_buffer_limits"):
+            self._transport.set_write_buffer_limits(high=WRITE_BUFFER)
+        self._transport.pause_reading()  # until start_reading
+        self._feed(leftover)
 
     @property
     def open(self) -> bool:
-        return not self._closed and not self.writer.is_closing()
+        return not self._closed and not self._transport.is_closing()
 
+    # -- sending ---------------------------------------------------------------------------
     async def send_frame(self, frame: bytes) -> None:
         if not self.open:
             raise ConnectionError(f"the direct lane {self.describe} is closed")
-        self.writer.writelines((len(frame).to_bytes(4, "big"), frame))
+        self._transport.writelines((len(frame).to_bytes(4, "big"), frame))
         self.bytes_sent += len(frame)
-        await self.writer.drain()
+        while not self._writable.is_set():
+            await self._writable.wait()
+            if not self.open:
+                raise ConnectionError(f"the direct lane {self.describe} is closed")
 
-    def start_reading(self, on_frame: Callable[[bytes], None], ready: Callable[[], Awaitable[None]]) -> None:
-        """Read frames until the stream ends: ``on_frame(frame)``, then ``await ready()`` (backpressure)."""
+    def pause_writing(self) -> None:
+        self._writable.clear()
 
-        async def _read() -> None:
-            try:
-                while not self._closed:
-                    size = int.from_bytes(await self.reader.readexactly(4), "big")
-                    if not 0 < size <= MAX_FRAME:
-                        log.warning("direct lane %s: a frame of %d bytes; closing", self.describe, size)
-                        break
-                    frame = await self.reader.readexactly(size)
-                    self.bytes_received += size
-                    on_frame(frame)
-                    await ready()
-            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as exc:
-                log.debug("direct lane %s ended: %r", self.describe, exc)  # the control channel says why
-            finally:
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- receiving ---------------------------------------------------------------------------
+    def start_reading(self, on_frame: Callable[[Any], None], ready: Callable[[], Awaitable[None] | None]) -> None:
+        """Read frames until the stream ends: ``on_frame(frame)`` (a read-only memoryview that
+        stays valid); then, if ``ready()`` returns an awaitable (backpressure), read on once it is done."""
+        self._on_frame, self._ready = on_frame, ready
+        early, self._early = self._early, []
+        for frame in early:
+            self._deliver(frame)
+        if not self._closed and self._waiting is None:
+            self._transport.resume_reading()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._frame is None:
+            return memoryview(self._header)[self._filled:]
+        return memoryview(self._frame)[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._filled += nbytes
+        self._advance()
+
+    def _feed(self, data: bytes) -> None:
+        """Take bytes that arrived before the lane owned the transport."""
+        view = memoryview(data)
+        while view and not self._closed:
+            target = self.get_buffer(len(view))
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            view = view[n:]
+            self.buffer_updated(n)
+
+    def _advance(self) -> None:
+        if self._frame is None:
+            if self._filled < 4:
+                return
+            size = int.from_bytes(self._header, "big")
+            if not 0 < size <= MAX_FRAME:
+                log.warning("direct lane %s: a frame of %d bytes; closing", self.describe, size)
                 self.close()
+                return
+            self._frame, self._filled = bytearray(size), 0
+            return
+        if self._filled < len(self._frame):
+            return
+        frame = memoryview(self._frame).toreadonly()
+        self._frame, self._filled = None, 0
+        self.bytes_received += len(frame)
+        if self._on_frame is None:
+            self._early.append(frame)
+            return
+        self._deliver(frame)
 
-        self._task = asyncio.ensure_future(_read())
+    def _deliver(self, frame: Any) -> None:
+        assert self._on_frame is not None and self._ready is not None
+        self._on_frame(frame)
+        waiter = self._ready()
+        if waiter is None:
+            return  # room for more: read on
+        if self._closed:
+            waiter.close()  # type: ignore[attr-defined]
+            return
+        self._transport.pause_reading()
+        self._waiting = asyncio.ensure_future(self._resume_after(waiter))
+
+    async def _resume_after(self, waiter: Awaitable[None]) -> None:
+        try:
+            await waiter
+        finally:
+            self._waiting = None
+        if not self._closed:
+            self._transport.resume_reading()
+
+    def eof_received(self) -> bool:
+        log.debug("direct lane %s: the peer closed the stream", self.describe)
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        log.debug("direct lane %s ended: %r", self.describe, exc)  # the control channel says why
+        self._closed = True
+        self._writable.set()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
-        self.writer.close()
+        self._writable.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
+        self._transport.close()
 
 
 # -- the receiver's side: a one-time listener -------------------------------------------

@@ -521,7 +521,7 @@ class SharingProtocol:
             raise ValueError("empty chunk; send at least one byte")
         if offset + len(data) > t.size:
             raise ValueError(f"chunk ends at byte {offset + len(data)}, beyond the offered size {t.size}")
-        self._data_out.append(bytes([FRAME_DATA]) + bytes.fromhex(t.id) + offset.to_bytes(8, "big") + bytes(data))
+        self._data_out.append(b"".join((bytes([FRAME_DATA]), bytes.fromhex(t.id), offset.to_bytes(8, "big"), data)))  # one copy
         t.next_offset = offset + len(data)
         t.active_at = self._tick(now)
         return True
@@ -737,7 +737,8 @@ class SharingProtocol:
         if not isinstance(frame, (bytes, bytearray, memoryview)):
             self._violation(f"data frame is not bytes but {type(frame).__name__}")
             return
-        frame = bytes(frame)
+        if not isinstance(frame, bytes) and not (isinstance(frame, memoryview) and frame.readonly):
+            frame = bytes(frame)  # a buffer someone may still change: freeze it
         if len(frame) < HEADER_LEN:
             self._violation(f"data frame of {len(frame)} bytes is too short; the header alone is {HEADER_LEN}")
             return

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import blake3
 
 PREFIX = "blake3:"
-BLOCK = 4 * 1024 * 1024  # bytes read per system call
+BLOCK = 4 * 1024 * 1024  # bytes read per system call, into one reused buffer
 THREADED_FROM = 16 * 1024 * 1024  # hash on several cores from this many bytes
 CACHE_ENTRIES = 4096  # files remembered by cached_hash
 
@@ -57,12 +57,14 @@ def feed_fd(hasher: "blake3.blake3", fd: int, length: int | None = None) -> int:
         raise ValueError(f"length must be None or >= 0, not {length}")
     os.lseek(fd, 0, os.SEEK_SET)
     fed = 0
+    buffer = bytearray(BLOCK)  # one buffer, read into again and again
+    view = memoryview(buffer)
     while length is None or fed < length:
-        block = os.read(fd, BLOCK if length is None else min(BLOCK, length - fed))
-        if not block:
+        n = os.readv(fd, [view if length is None else view[: min(BLOCK, length - fed)]])
+        if not n:
             break
-        hasher.update(block)
-        fed += len(block)
+        hasher.update(view[:n])
+        fed += n
     return fed
 
 

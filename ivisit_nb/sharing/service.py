@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from .. import events as ev
 from ..consent import Request
@@ -626,10 +626,9 @@ class Sharing(BaseLinkProtocol):
             return None, None
         self._direct[t.transfer_id] = listener
 
-        async def writer_ready() -> None:  # backpressure: the lane reads on when the disk keeps up
+        def writer_ready() -> Awaitable[None] | None:  # backpressure: the lane reads on when the disk keeps up
             writer = self._parts.get(t.transfer_id)
-            if writer is not None:
-                await writer.ready()
+            return None if writer is None or writer.has_room else writer.ready()
 
         def connected(fut: asyncio.Future[Any]) -> None:
             if fut.cancelled() or fut.exception() is not None:

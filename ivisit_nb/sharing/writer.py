@@ -57,6 +57,11 @@ class PartWriter:
         self._idle.clear()
         self._queue.put(("truncate",))
 
+    @property
+    def has_room(self) -> bool:
+        """True unless more than ``HIGH`` bytes are queued (and not yet back down to ``LOW``)."""
+        return self._room.is_set()
+
     async def ready(self) -> None:
         """Wait while more than ``HIGH`` bytes are queued (until ``LOW``)."""
         await self._room.wait()
