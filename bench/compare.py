@@ -14,6 +14,9 @@ Tools (``--tools``, comma-separated; all by default):
   streams, two processes, a self-signed certificate made at run time) move SIZE bytes in
   1 MiB writes, no disk. Timed from connect (handshake included) until the server's
   one-byte receipt arrives.
+- ``tls-disk``: the same TLS pair, but a thread in the receiver writes every chunk to a
+  file and BLAKE3-hashes it, and the receipt waits for both: the ceiling for a receiver
+  that stores and verifies what arrives, on this machine's disk and page cache.
 - ``direct`` and ``datachannel``: ivisit_nb, a sender and a receiver joined to an
   embedded room server with ``lane="direct"`` / ``lane="datachannel"``. Timed from
   ``send_file`` (so BLAKE3 hashing of the file, the offer and the accept count) until the
@@ -73,9 +76,9 @@ from _common import (  # noqa: E402
     MiB, RssWatcher, file_hash, machine_line, make_file, load_average, parse_size, peak_rss_mib, size_label, stamp, version_of,
 )
 
-ALL_TOOLS = ("wormhole", "tls", "direct", "datachannel", "raw", "chat", "fallback", "fallback-silent")
+ALL_TOOLS = ("wormhole", "tls", "tls-disk", "direct", "datachannel", "raw", "chat", "fallback", "fallback-silent")
 FALLBACK_TOOLS = ("fallback", "fallback-silent")
-ROUND_TOOLS = ("wormhole", "tls", "direct", "datachannel", "raw", "chat")  # fallback runs after the rounds
+ROUND_TOOLS = ("wormhole", "tls", "tls-disk", "direct", "datachannel", "raw", "chat")  # fallback runs after the rounds
 WORMHOLE_CODE = "7-crossover-clockwork"
 CANDIDATES_ENV = "IVISIT_NB_DIRECT_CANDIDATES"  # ivisit_nb/engine/direct.py reads it in the receiver's listener
 REFUSING_CANDIDATE = "127.0.0.1:1"  # nothing listens on port 1: connections are refused at once
@@ -304,9 +307,34 @@ def make_certificate(workdir: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def tls_server(conn: Any, cert: str, key: str, size: int, use_uvloop: bool) -> None:
-    """Child: accept one TLS 1.3 connection, read ``size`` bytes, answer one byte, report peak RSS."""
+def tls_server(conn: Any, cert: str, key: str, size: int, use_uvloop: bool, disk: str | None = None) -> None:
+    """Child: accept one TLS 1.3 connection, read ``size`` bytes, answer one byte, report peak RSS.
+
+    With ``disk`` (a file path) it also does what a verified-on-arrival receiver must: a
+    thread writes every chunk to the file and BLAKE3-hashes it (one pass), and the receipt
+    goes out once all is written and hashed. That is the ceiling for any tool that stores
+    and verifies what it receives on this machine."""
     use_uvloop_here(use_uvloop)
+    import queue
+    import threading
+
+    import blake3
+
+    chunks: "queue.Queue[bytes | None]" = queue.Queue(maxsize=8)  # at most 8 MiB waiting for the disk
+    stored = threading.Event()
+
+    def store() -> None:
+        fd = os.open(disk, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        hasher = blake3.blake3()
+        while (chunk := chunks.get()) is not None:
+            os.write(fd, chunk)
+            hasher.update(chunk)
+        os.close(fd)
+        hasher.hexdigest()
+        stored.set()
+
+    if disk:
+        threading.Thread(target=store, daemon=True).start()
 
     async def main() -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -322,6 +350,15 @@ def tls_server(conn: Any, cert: str, key: str, size: int, use_uvloop: bool) -> N
                     if not chunk:
                         break
                     got += len(chunk)
+                    if disk:
+                        try:
+                            chunks.put_nowait(chunk)
+                        except queue.Full:  # the disk is behind: wait off the loop
+                            await asyncio.get_running_loop().run_in_executor(None, chunks.put, chunk)
+                if disk:
+                    await asyncio.get_running_loop().run_in_executor(None, chunks.put, None)
+                    await asyncio.get_running_loop().run_in_executor(None, stored.wait)
+                    os.unlink(disk)
                 writer.write(b"k")
                 await writer.drain()
                 writer.close()
@@ -366,12 +403,12 @@ def tls_client(conn: Any, cert: str, port: int, size: int, use_uvloop: bool) -> 
     asyncio.run(main())
 
 
-def run_tls(size: int, cert: Path, key: Path, use_uvloop: bool) -> dict[str, Any]:
-    """One bare TLS 1.3 transfer of ``size`` bytes between two processes."""
+def run_tls(size: int, cert: Path, key: Path, use_uvloop: bool, disk: str | None = None) -> dict[str, Any]:
+    """One bare TLS 1.3 transfer of ``size`` bytes between two processes (``disk``: see tls_server)."""
     timeout = run_timeout(size)
     started: list[Any] = []
     try:
-        server, sconn = spawn(tls_server, str(cert), str(key), size, use_uvloop)
+        server, sconn = spawn(tls_server, str(cert), str(key), size, use_uvloop, disk)
         started.append(server)
         port = receive(sconn, server, "the TLS server", 30)
         client, cconn = spawn(tls_client, str(cert), port, size, use_uvloop)
@@ -585,6 +622,7 @@ class SilentListener:
 LABELS = {
     "wormhole": "magic-wormhole (local mailbox + transit relay)",
     "tls": "bare TLS 1.3 pair, 1 MiB writes, no disk",
+    "tls-disk": "TLS 1.3 pair that writes and BLAKE3-hashes on arrival",
     "direct": "ivisit_nb, lane=\"direct\"",
     "datachannel": "ivisit_nb, lane=\"datachannel\"",
     "raw": "raw aiortc data channel (bench/transfer.py)",
@@ -597,6 +635,7 @@ LABELS = {
 TIMED = {
     "wormhole": "starting both programs to the receiver's exit (CPU: whole programs)",
     "tls": "connect (handshake included) to the receiver's 1-byte receipt",
+    "tls-disk": "connect to the receipt, sent once every byte is written and hashed",
     "raw": "first message to the receiver having every byte",
     **{t: "send_file (hashing included) to bob's verified done" for t in ("direct", "datachannel", "chat", *FALLBACK_TOOLS)},
 }
@@ -620,6 +659,8 @@ def run_one(tool: str, ctx: dict[str, Any]) -> dict[str, Any]:
         return run_wormhole(ctx["servers"], path, size, digest, work)
     if tool == "tls":
         return run_tls(size, ctx["cert"], ctx["key"], uv)
+    if tool == "tls-disk":
+        return run_tls(size, ctx["cert"], ctx["key"], uv, disk=str(work / "tls-received.bin"))
     if tool == "raw":
         return run_raw(size, uv)
     if tool == "datachannel":  # before the direct lane landed, the data channel was the only lane
@@ -687,6 +728,8 @@ def table(size: int, results: dict[str, list[dict[str, Any]]], skipped: dict[str
 
     ratio("direct", "wormhole", "ours direct / magic-wormhole", 1.6)
     ratio("direct", "tls", "ours direct / bare TLS", 0.8)
+    ratio("direct", "tls-disk", "ours direct / TLS that writes and hashes (the ceiling for verify-on-arrival)", None)
+    ratio("tls-disk", "tls", "TLS that writes and hashes / bare TLS (what the disk and hash cost here)", None)
     ratio("datachannel", "raw", "ours data channel / raw aiortc", None)
     ratio("direct", "datachannel", "ours direct / ours data channel", None)
     if "chat" in results:
@@ -765,7 +808,7 @@ def main(argv: list[str] | None = None) -> None:
             say(f"  done in {time.monotonic() - t0:.1f} s, BLAKE3 {ctx['digest'][:16]}...")
             if "fallback-silent" in tools:
                 ctx["silent"] = SilentListener()
-            if "tls" in tools:
+            if "tls" in tools or "tls-disk" in tools:
                 ctx["cert"], ctx["key"] = make_certificate(work)
             if "wormhole" in tools:
                 servers = WormholeServers(work)
