@@ -3,10 +3,12 @@
 Each user has one logbook, ``CONFIG_DIR/<user folder>/logs.sqlite`` (WAL mode), with a
 table per log: ``transfers``, ``progress_log``, ``policy_log``, ``messages`` and ``items``
 (the columns of :data:`ivisit_nb.frames.SCHEMAS`). A session attaches its logbook when it
-joins (:meth:`Logbook.follow`). On every session event the logbook appends, in one
-transaction, the rows the in-memory logs gained since the previous event, the transfer that
-ended and the item that arrived; so a crash loses at most what happened since the last event
-(and :meth:`Logbook.close` at ``leave()`` writes the rest). Transfers are written once, when
+joins (:meth:`Logbook.follow`). On every session event the logbook takes the rows the
+in-memory logs gained since the previous event, the transfer that ended and the item that
+arrived, and a thread of its own appends them in one transaction (the engine never waits
+for the disk); so a crash loses at most what happened since the last event or two
+(:meth:`Logbook.flush` waits for the thread, and :meth:`Logbook.close` at ``leave()``
+writes the rest). Transfers are written once, when
 they end. The file is created on the first row, so a session that logs nothing leaves none.
 
 When the session joins again with the same config dir, :attr:`Logbook.earlier` holds the
@@ -94,6 +96,10 @@ class Logbook:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # batches queued, or all written
+        self._queued: list[dict[str, list[dict[str, Any]]]] = []
+        self._writing = False
+        self._writer: threading.Thread | None = None
         self._db: sqlite3.Connection | None = None
         self._tails: dict[str, _Tail] = {}
         self._unsubscribe: Callable[[], None] | None = None
@@ -127,7 +133,8 @@ class Logbook:
         self.sync(extra)
 
     def sync(self, extra: Mapping[str, list[dict[str, Any]]] | None = None) -> None:
-        """Append the rows the followed logs gained since the last sync, and ``extra`` rows by log name."""
+        """Queue the rows the followed logs gained since the last sync, and ``extra`` rows by
+        log name, for the writer thread. Returns at once."""
         with self._lock:
             if self.closed:
                 return
@@ -135,8 +142,24 @@ class Logbook:
             for name, rows in (extra or {}).items():
                 batch[name] = batch.get(name, []) + list(rows)
             batch = {name: rows for name, rows in batch.items() if rows}
-            if batch:
-                self._write(batch)
+            if not batch:
+                return
+            self._queued.append(batch)
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_queued, name="ivisit-logbook", daemon=True)
+                self._writer.start()
+            self._changed.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued row is in the file (True), or ``timeout`` s passed (False)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._queued or self._writing:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
 
     def close(self) -> None:
         """Write what is left, stop following and close the file. Idempotent."""
@@ -144,11 +167,35 @@ class Logbook:
             self._unsubscribe()
             self._unsubscribe = None
         self.sync()
+        if not self.flush():
+            log.warning("the logbook %s is still writing; the newest rows may be lost", self.path)
         with self._lock:
             self.closed = True
-            if self._db is not None:
+            self._changed.notify_all()  # the writer thread ends
+            if self._db is not None and not self._writing:
                 self._db.close()
                 self._db = None
+
+    # -- the writer thread ---------------------------------------------------------------
+    def _write_queued(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queued and not self.closed:
+                    self._changed.wait()
+                if not self._queued:
+                    return  # closed, and everything is written
+                batches, self._queued = self._queued, []
+                self._writing = True
+            merged: dict[str, list[dict[str, Any]]] = {}
+            for batch in batches:  # several events' rows in one transaction
+                for name, rows in batch.items():
+                    merged.setdefault(name, []).extend(rows)
+            try:
+                self._write(merged)
+            finally:
+                with self._lock:
+                    self._writing = False
+                    self._changed.notify_all()
 
     # -- writing -------------------------------------------------------------------------
     def _write(self, batch: dict[str, list[dict[str, Any]]]) -> None:

@@ -43,6 +43,7 @@ def test_rows_are_written_on_the_next_event_and_read_back_as_earlier(tmp_path):
     s.messages.append({"time": 1.0, "sender": "bob", "to": None, "text": "hi", "decision": "sent"})
     assert not path.exists()  # nothing is written before an event; no file for a silent session
     s.emit(ev.MessageReceived(sender="alice", to=None, text=None, decision="refuse"))
+    assert book.flush()
     assert [r["text"] for r in read_rows(path)["messages"]] == ["hi"]
     for i in range(3):
         s.progress.append({"time": 2.0 + i, "transfer_id": "t", "bytes": i, "total": 2})
@@ -56,6 +57,29 @@ def test_rows_are_written_on_the_next_event_and_read_back_as_earlier(tmp_path):
     assert again.earlier["messages"][0] == {"time": 1.0, "sender": "bob", "to": None, "text": "hi", "decision": "sent"}
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_events_never_wait_for_the_disk(tmp_path):
+    """Rows are written on the logbook's own thread: with the file locked by another process's
+    transaction, events still return, and the rows land once the lock is gone."""
+    path = tmp_path / "logs.sqlite"
+    book, s = follow(path)
+    s.messages.append({"time": 1.0, "sender": "bob", "to": None, "text": "first", "decision": "sent"})
+    s.emit(ev.Disconnected(reason="creates the file"))
+    assert book.flush()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # the disk is "stuck" for the logbook's writer
+    try:
+        for i in range(50):
+            s.messages.append({"time": 2.0 + i, "sender": "bob", "to": None, "text": f"m{i}", "decision": "sent"})
+            s.emit(ev.Disconnected(reason="an event"))  # returns although nothing can be written
+        assert not book.flush(timeout=0.3)  # the writer is waiting for the lock
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert book.flush()
+    book.close()
+    assert [r["text"] for r in read_rows(path)["messages"]] == ["first"] + [f"m{i}" for i in range(50)]
 
 
 def test_close_writes_what_no_event_followed(tmp_path):
