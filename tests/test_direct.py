@@ -175,6 +175,28 @@ def test_a_second_connection_is_refused():
     run(main())
 
 
+def test_a_scanner_that_never_completes_tls_closes_the_listener_after_max_attempts():
+    """Connections that fail the TLS handshake never reach the token check; they count all the
+    same, so a scanner cannot keep a listener busy: after MAX_ATTEMPTS it closes."""
+
+    async def main():
+        alice, bob = direct.Identity.generate(), direct.Identity.generate()
+        listener, info = await _listener(bob, alice)
+        host, port = info["candidates"][0]
+        for _ in range(direct.MAX_ATTEMPTS + 1):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"\x16\x03\x01\x00\x05hello")  # not a TLS ClientHello
+            await asyncio.wait_for(reader.read(), direct.HELLO_TIMEOUT + 5)  # the listener drops it
+            writer.close()
+        await asyncio.sleep(0.1)
+        assert listener.connections == direct.MAX_ATTEMPTS + 1
+        assert listener.lane.cancelled()
+        with pytest.raises(direct.DirectLaneError):
+            await direct.connect(alice, info, "test")  # closed: even the right sender is too late
+
+    run(main())
+
+
 def test_silent_and_plaintext_connections_are_dropped():
     """A port scanner (plain bytes), a slow-loris (TLS, then nothing) and a connection that sends
     nothing at all: each is dropped, and the real sender still gets in."""

@@ -17,7 +17,8 @@ transfer falls back to the data channel.
 
 The listener accepts exactly one connection that presents the right token. A
 connection that fails the handshake, sends a wrong token, or sends nothing within
-``HELLO_TIMEOUT`` is dropped; after ``MAX_ATTEMPTS`` such connections, or after
+``HELLO_TIMEOUT`` is dropped; after ``MAX_ATTEMPTS`` connections (counted as TCP
+accepts, so failed handshakes count), or after
 ``LISTEN_TIMEOUT``, the listener closes.
 
 On the stream each frame is a 4-byte big-endian length and the frame itself (the
@@ -336,7 +337,8 @@ class Listener:
     def __init__(self, identity: Identity, peer_cert_pem: str, describe: str) -> None:
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self.describe = describe
-        self.attempts = 0
+        self.attempts = 0  # connections refused after the handshake (wrong token, second one ...)
+        self.connections = 0  # TCP connections accepted, whatever became of them
         self.lane: asyncio.Future[DirectTlsLane] = asyncio.get_running_loop().create_future()
         self._context = identity.server_context(peer_cert_pem)
         self._identity = identity
@@ -348,11 +350,11 @@ class Listener:
     async def start(self, addresses: list[str]) -> dict[str, Any]:
         """Listen on ``addresses`` (port chosen by the OS) and return the accept's ``direct`` info."""
         ports: dict[str, int] = {}
+        loop = asyncio.get_running_loop()
         for address in addresses:
             try:
-                server = await asyncio.start_server(
-                    self._on_connection, address, 0, ssl=self._context, ssl_handshake_timeout=HELLO_TIMEOUT,
-                    limit=STREAM_LIMIT,
+                server = await loop.create_server(
+                    self._accepted, address, 0, ssl=self._context, ssl_handshake_timeout=HELLO_TIMEOUT,
                 )
             except OSError as exc:
                 log.debug("cannot listen on %s: %s", address, exc)
@@ -368,6 +370,15 @@ class Listener:
             "token": self.token.hex(),
         }
         return self.info
+
+    def _accepted(self) -> asyncio.StreamReaderProtocol:
+        """A TCP connection came in (before TLS): count it, so connections that fail the
+        handshake count towards ``MAX_ATTEMPTS`` too; then read it as a stream."""
+        self.connections += 1
+        if self.connections > MAX_ATTEMPTS and not self.lane.done():
+            log.info("direct lane %s: %d connections and none got through; closing the listener", self.describe, MAX_ATTEMPTS)
+            asyncio.get_running_loop().call_soon(self.close)
+        return asyncio.StreamReaderProtocol(asyncio.StreamReader(limit=STREAM_LIMIT), self._on_connection)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
