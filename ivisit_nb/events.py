@@ -117,3 +117,18 @@ class ItemReceived(Event):
     """A file or URL arrived in the inbox (``item`` is an :class:`ivisit_nb.sharing.inbox.Item`)."""
 
     item: Any
+
+
+@dataclass(frozen=True)
+class VideoChanged(Event):
+    """Video with ``user`` started or stopped.
+
+    ``direction`` is ``"out"`` (our video to them) or ``"in"`` (theirs to us); ``active``
+    whether it now flows; ``reason`` says why (``accepted``, ``stopped``, the refusal's
+    reason, ``link lost: ...``). An ``"out"`` event with ``active=False`` also reports a
+    refusal of a video that never started."""
+
+    user: str
+    direction: str
+    active: bool
+    reason: str = ""

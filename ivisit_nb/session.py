@@ -4,7 +4,7 @@ The public facade. The work is done by one module per concept, all on the sessio
 own engine thread (:mod:`ivisit_nb.engine.loop`):
 
 - :mod:`ivisit_nb.mesh`: room presence and one :class:`~ivisit_nb.engine.peerlink.PeerLink` per peer;
-- :mod:`ivisit_nb.calls`: 1:1 calls; :mod:`ivisit_nb.chat`: chat;
+- :mod:`ivisit_nb.calls`: 1:1 calls; :mod:`ivisit_nb.chat`: chat; :mod:`ivisit_nb.video`: video;
 - :mod:`ivisit_nb.sharing.service`: files and URLs;
 - per link, :mod:`ivisit_nb.engine.heartbeat` and :mod:`ivisit_nb.engine.sas`.
 
@@ -34,6 +34,8 @@ from .engine.sas import SasProtocol
 from .frames import SCHEMAS, frame
 from .listeners import Listeners
 from .logbook import Logbook, logbook_path
+from .media.feed import VideoFeed
+from .media.sources import VideoSource
 from .mesh import Mesh, Peer
 from .protocol.urls import check_url
 from .room.client import RoomClient
@@ -43,6 +45,7 @@ from .sharing.names import safe_user_dir
 from .sharing.policy import Policy
 from .sharing.service import Sharing, SharingHost
 from .sharing.transfers import RoomTransfer, Transfer
+from .video import Video
 
 log = logging.getLogger("ivisit_nb.session")
 
@@ -118,6 +121,7 @@ class Session:
         self._engine = EngineLoop(name=f"ivisit-engine-{user}", use_uvloop=use_uvloop)
         self._client = RoomClient(url, user, room, self._on_server, token=token)
         self.chat = Chat(user, self.settings, self._emit)
+        self.video = Video(user, self.settings, emit=self._emit, call_soon=self._call_soon, links=self._links)
         self.sharing = Sharing(
             SharingHost(user, self.settings, self._emit, self._link_to, self._member_names, self._call_soon),
             self.inbox_dir,
@@ -143,7 +147,13 @@ class Session:
         )
 
     def _link_protocols(self, name: str) -> list[LinkProtocol]:
-        return [Heartbeat(), SasProtocol(on_ready=self._on_sas, on_failure=self._on_sas_failure), self.chat, self.sharing]
+        return [
+            Heartbeat(), SasProtocol(on_ready=self._on_sas, on_failure=self._on_sas_failure), self.chat, self.sharing,
+            self.video.link_protocol(name), self.video,
+        ]
+
+    def _links(self) -> list[Any]:
+        return [p.link for p in self.mesh.peers.values() if p.link is not None]
 
     def _on_sas(self, link: Any) -> None:
         self._emit(ev.PeerStateChanged(user=link.remote, state=link.state, reason=link.reason))
@@ -217,6 +227,7 @@ class Session:
 
     async def _shutdown(self) -> None:
         self.calls.end_all("the session left")
+        self.video.close()
         for name in list(self.mesh.peers):
             self.sharing.cancel_with(name, f"{self.user} left")  # peers learn why, not just "link lost"
         links = [p.link for p in self.mesh.peers.values() if p.link and p.link.state == "connected"]
@@ -429,6 +440,45 @@ class Session:
         with self.chat._lock:
             rows = list(self.chat.rows)
         return frame(self._earlier("messages") + rows, "messages")
+
+    # -- video (docs/protocol.md, "Video") ------------------------------------------------
+    def start_video(self, source: VideoSource | None = None, to: str | None = None) -> None:
+        """Send our video to ``to``, or when None to everyone we are linked with: the whole room,
+        also users who join later, and 1:1 calls.
+
+        Returns at once; each receiver's ``calls`` setting decides (or asks), and a
+        :class:`~ivisit_nb.events.VideoChanged` event (direction ``"out"``) says when a video
+        starts or is refused. ``source`` is any :class:`~ivisit_nb.media.VideoSource`
+        (``TestPattern``, ``VideoFile``, ``NumpySource``, ``Camera``); the default is a
+        ``TestPattern`` with our name. Given while video runs, it replaces the source for
+        every receiver. Call from any thread.
+        """
+        if source is not None and not isinstance(source, VideoSource):
+            raise TypeError(f"source must be a VideoSource (TestPattern, VideoFile, NumpySource ...), not {type(source).__name__}")
+        if to is not None and not isinstance(to, str):
+            raise TypeError("to must be a user name or None (the whole room)")
+        self._call_soon(self.video.start, source, to)
+
+    def stop_video(self, to: str | None = None) -> None:
+        """Stop our video to ``to``, or to everyone. The links, chat and files go on. Returns at once."""
+        if to is not None and not isinstance(to, str):
+            raise TypeError("to must be a user name or None (everyone)")
+        self._call_soon(self.video.stop, to)
+
+    def video_feed(self, user: str) -> VideoFeed:
+        """``user``'s video as it arrives: one :class:`~ivisit_nb.media.VideoFeed` per user for the
+        session's life (``feed.active`` is True while we take their video)."""
+        return self.video.feed(user)
+
+    @property
+    def local_feed(self) -> VideoFeed:
+        """Our own video (the preview), while :meth:`start_video` runs."""
+        return self.video.local_feed
+
+    @property
+    def video_requests(self) -> list[Request]:
+        """Video offers waiting for one of the four choices (``calls`` is ``ask`` for their sender)."""
+        return [r for r in self.video.requests if r.pending]
 
     # -- files and URLs ---------------------------------------------------------------
     @property

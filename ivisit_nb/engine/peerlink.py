@@ -6,9 +6,17 @@ Two pre-negotiated, reliable, ordered data channels:
 
 Link protocols (heartbeat, SAS, chat, sharing ...) plug in with :meth:`PeerLink.add`;
 each owns the control types and frame types it declares (see :mod:`.linkproto`) and
-the link routes what arrives to its owner. Whatever a peer sends, nothing reaches
-aiortc as an exception: malformed messages are dropped with a logged reason, and a
-handler that raises is logged and the message dropped.
+the link routes what arrives to its owner.
+
+Media (video) is added to a live link by **renegotiation** (docs/protocol.md, *Video*): the
+initiator makes every offer, the first through the room server, every later one over the
+control channel (``{"t": "sdp", "type": "offer"|"answer", "sdp": ...}``); the other side asks
+for one with ``{"t": "renegotiate"}``. One negotiation runs at a time; a request during one
+schedules exactly one more after it. Protocols that carry media implement
+:class:`MediaProtocol` and are called before each description and after each negotiation.
+
+Whatever a peer sends, nothing reaches aiortc as an exception: malformed messages are
+dropped with a logged reason, and a handler that raises is logged and the message dropped.
 """
 
 from __future__ import annotations
@@ -16,14 +24,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Protocol, runtime_checkable
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.sdp import candidate_from_sdp
 
+from ..protocol.sas import sdp_fingerprint
 from ..protocol.wire import WireError, dump_control, parse_control
 from .lanes import DataChannelLane, Lane
-from .linkproto import LinkProtocol
+from .linkproto import BaseLinkProtocol, LinkProtocol
 from .loop import spawn
 from .stats import sctp_unacked
 
@@ -34,12 +50,17 @@ CLOSE_TIMEOUT = 2.0
 MAX_CONTROL_BYTES = 64 * 1024
 CONTROL_RATE = 500.0  # control messages a second a peer may send on average ...
 CONTROL_BURST = 2000.0  # ... and in a burst; beyond that they are dropped
+RENEGOTIATE_TIMEOUT = 15.0  # the peer must answer a re-offer within this (else the link fails)
+MAX_MEDIA_SECTIONS = 4  # a re-offer with more m= sections than this fails the link
 
 SignalSender = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
 def ice_configuration(ice_servers: list[Any] | None, relay_only: bool = False) -> RTCConfiguration:
-    """RTCConfiguration from dicts like ``{"urls": "stun:host:3478"}`` or RTCIceServer; none by default."""
+    """RTCConfiguration from dicts like ``{"urls": "stun:host:3478"}`` or RTCIceServer; none by default.
+
+    ``max-bundle``: media added later rides the data channels' ICE and DTLS transport, so a
+    renegotiation gathers nothing new (the first offer is the same as with ``balanced``)."""
     servers = []
     for s in ice_servers or []:
         if isinstance(s, RTCIceServer):
@@ -49,8 +70,38 @@ def ice_configuration(ice_servers: list[Any] | None, relay_only: bool = False) -
         else:
             servers.append(RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential")))
     if relay_only:
-        return RTCConfiguration(iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY)
-    return RTCConfiguration(iceServers=servers)
+        return RTCConfiguration(
+            iceServers=servers, iceTransportPolicy=RTCIceTransportPolicy.RELAY, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE
+        )
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+@runtime_checkable
+class MediaProtocol(Protocol):
+    """A link protocol that carries media: it shapes every renegotiation of the link.
+
+    ``before_description(link, "offer")`` runs on the initiator just before it creates a
+    re-offer (add a transceiver, set its direction and track); ``before_description(link,
+    "answer")`` runs on the other side after the peer's offer was applied and before the
+    answer is made. ``on_negotiated(link)`` runs on both sides once a negotiation completed
+    (the transceivers' ``currentDirection`` are then the agreed ones).
+    """
+
+    def before_description(self, link: Any, kind: str) -> None: ...
+
+    def on_negotiated(self, link: Any) -> None: ...
+
+
+class _Negotiation(BaseLinkProtocol):
+    """Owns the ``sdp`` and ``renegotiate`` control types of one link and hands them to it."""
+
+    control_types = frozenset({"sdp", "renegotiate"})
+
+    def __init__(self, link: "PeerLink") -> None:
+        self.link = link
+
+    def on_control(self, link: Any, msg: dict[str, Any]) -> None:
+        self.link._on_negotiation_message(msg)
 
 
 class PeerLink:
@@ -94,8 +145,15 @@ class PeerLink:
         self._tokens, self._tokens_at = CONTROL_BURST, time.monotonic()
         self._pending_candidates: list[dict[str, Any]] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self._media: list[MediaProtocol] = []
+        self.negotiations = 0  # renegotiations completed on this link (the first connection not counted)
+        self._want_offer = False
+        self._offer_task: asyncio.Task[None] | None = None
+        self._answer_waiter: asyncio.Future[str] | None = None
+        self._answering: asyncio.Lock | None = None
         data = self.pc.createDataChannel("data", negotiated=True, id=1)
         self.lanes: dict[str, Lane] = {"datachannel": DataChannelLane(data, self.route_frame, self.describe)}
+        self.add(_Negotiation(self))
         for proto in protocols:
             self.add(proto)
         self._wire()
@@ -119,6 +177,8 @@ class PeerLink:
         self._protocols.append(proto)
         self._control_owner.update(dict.fromkeys(proto.control_types, proto))
         self._frame_owner.update(dict.fromkeys(proto.frame_types, proto))
+        if isinstance(proto, MediaProtocol):
+            self._media.append(proto)
 
     def find(self, kind: type) -> Any:
         """The plugged-in protocol of type ``kind``, or None."""
@@ -282,6 +342,116 @@ class PeerLink:
             await self.pc.addIceCandidate(cand)
         except Exception as exc:
             log.warning("%s sent an ICE candidate aiortc refused: %s", self.remote, str(exc)[:120])
+
+    # -- renegotiation (docs/protocol.md, "Video") -------------------------------------
+    def renegotiate(self) -> None:
+        """Ask for a new offer/answer round, so media protocols' changes take effect.
+
+        The initiator schedules one (a call during a running negotiation schedules exactly one
+        more after it); the other side sends ``{"t": "renegotiate"}``. A no-op unless connected
+        (before that a link has no media to negotiate).
+        """
+        if self.state != "connected":
+            return
+        if not self.initiator:
+            self.send({"t": "renegotiate"})
+            return
+        self._want_offer = True
+        if self._offer_task is None or self._offer_task.done():
+            self._offer_task = spawn(self._offer_loop(), f"renegotiate {self.remote}")
+            self._tasks = [t for t in self._tasks if not t.done()] + [self._offer_task]
+
+    @property
+    def negotiating(self) -> bool:
+        """True while a renegotiation runs or is scheduled."""
+        return self._want_offer or (self._offer_task is not None and not self._offer_task.done())
+
+    def _on_negotiation_message(self, msg: dict[str, Any]) -> None:
+        t = msg["t"]
+        if t == "renegotiate":
+            if self.initiator:
+                self.renegotiate()
+            return
+        kind = msg.get("type")
+        if kind == "offer" and not self.initiator:
+            if self._answering is None:
+                self._answering = asyncio.Lock()
+            task = spawn(self._answer_offer(msg.get("sdp")), f"answer re-offer {self.remote}")
+            self._tasks = [t for t in self._tasks if not t.done()] + [task]
+        elif kind == "answer" and self.initiator and self._answer_waiter is not None and not self._answer_waiter.done():
+            self._answer_waiter.set_result(msg.get("sdp"))
+        else:
+            self.dropped += 1
+            log.warning("%s sent an sdp message out of turn (%.20r); dropped", self.remote, kind)
+
+    def _check_redescription(self, sdp: Any) -> str:
+        """The SDP of a re-offer or answer, or ValueError: same DTLS certificate, few media sections."""
+        text = _sdp({"sdp": sdp})
+        if len(text.encode()) > MAX_CONTROL_BYTES:
+            raise ValueError("the sdp is larger than a control message may be")
+        current = self.pc.remoteDescription
+        if current is not None and sdp_fingerprint(text) != sdp_fingerprint(current.sdp):
+            raise ValueError("the DTLS fingerprint changed")
+        if text.count("\nm=") > MAX_MEDIA_SECTIONS:
+            raise ValueError(f"more than {MAX_MEDIA_SECTIONS} media sections")
+        return text
+
+    def _media_hooks(self, stage: str) -> None:
+        for proto in self._media:
+            if stage == "negotiated":
+                self._guarded("on_negotiated", proto.on_negotiated, self)
+            else:
+                self._guarded(f"before_description({stage})", proto.before_description, self, stage)
+
+    async def _offer_loop(self) -> None:
+        while self._want_offer and self.state == "connected":
+            self._want_offer = False
+            self._media_hooks("offer")
+            try:
+                await self.pc.setLocalDescription(await self.pc.createOffer())
+            except Exception as exc:
+                await self.close("failed", f"could not make a re-offer to {self.remote}: {type(exc).__name__}: {str(exc)[:120]}")
+                return
+            waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+            self._answer_waiter = waiter
+            try:
+                if not self.send({"t": "sdp", "type": "offer", "sdp": self.pc.localDescription.sdp}):
+                    return  # the link is going down
+                try:
+                    sdp = await asyncio.wait_for(waiter, RENEGOTIATE_TIMEOUT)
+                except asyncio.TimeoutError:
+                    await self.close("failed", f"{self.remote} did not answer a renegotiation within {RENEGOTIATE_TIMEOUT:g} s")
+                    return
+            finally:
+                self._answer_waiter = None
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self._check_redescription(sdp), type="answer"))
+            except Exception as exc:
+                why = f"{self.remote} sent an unusable answer to a re-offer: {type(exc).__name__}: {str(exc)[:120]}"
+                log.warning("%s", why)
+                await self.close("failed", why)
+                return
+            self.negotiations += 1
+            self._media_hooks("negotiated")
+
+    async def _answer_offer(self, sdp: Any) -> None:
+        assert self._answering is not None
+        async with self._answering:
+            if self.state != "connected":
+                return
+            try:
+                offer = RTCSessionDescription(sdp=self._check_redescription(sdp), type="offer")
+                await self.pc.setRemoteDescription(offer)
+                self._media_hooks("answer")
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+            except Exception as exc:
+                why = f"{self.remote} sent an unusable re-offer: {type(exc).__name__}: {str(exc)[:120]}"
+                log.warning("%s", why)
+                await self.close("failed", why)
+                return
+            if self.send({"t": "sdp", "type": "answer", "sdp": self.pc.localDescription.sdp}):
+                self.negotiations += 1
+                self._media_hooks("negotiated")
 
     # -- sending --------------------------------------------------------------------
     def send(self, msg: dict[str, Any]) -> bool:

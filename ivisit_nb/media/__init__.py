@@ -1,6 +1,6 @@
 """Video: sources that make frames, and feeds that carry frames to whoever shows them.
 
-- :mod:`.sources`: where a user's own video comes from (a test pattern, a file, numpy
+- :mod:`.sources`, :mod:`.pattern`, :mod:`.file`: where a user's own video comes from (a test pattern, a file, numpy
   frames pushed by user code, the browser's camera);
 - :mod:`.feed`: :class:`VideoFeed`, the newest frame of one video with its statistics,
   which tiles and user code subscribe to;
@@ -10,8 +10,21 @@
 Nothing here knows about links, rooms or widgets.
 """
 
-from .barcode import read_stamp, write_stamp
-from .feed import FeedStats, VideoFeed
-from .sources import NumpySource, VideoSource
+from typing import Any
 
-__all__ = ["FeedStats", "NumpySource", "VideoFeed", "VideoSource", "read_stamp", "write_stamp"]
+# Loaded on first use, so `import ivisit_nb.media` (which every session does for VideoFeed)
+# costs no numpy: a send or receive from the command line never pays for it.
+_EXPORTS = {
+    "Camera": "camera", "FeedStats": "feed", "NumpySource": "sources", "TestPattern": "pattern",
+    "VideoFeed": "feed", "VideoFile": "file", "VideoSource": "sources", "read_stamp": "barcode",
+    "write_stamp": "barcode",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,11 +13,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-
-from .barcode import latency_ms, read_stamp
+if TYPE_CHECKING:  # numpy is loaded only when frames are looked at
+    import numpy as np
 
 FPS_WINDOW = 2.0  # seconds over which fps and bitrate are averaged
 
@@ -130,6 +129,8 @@ class VideoFeed:
             st.displayed_fps = _rate(self._shown, now)
             frame = self._latest
         if frame is not None:
+            from .barcode import latency_ms, read_stamp
+
             stamp = read_stamp(frame.to_ndarray(format="gray"))
             if stamp is not None:
                 st.latency_ms = float(latency_ms(stamp[1], int(time.time() * 1000)))

@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 VIDEO_CLOCK = 90_000  # RTP's video clock rate
@@ -48,11 +47,16 @@ class VideoSource(MediaStreamTrack):
             await asyncio.sleep(due - now)
         elif now - due > 1.0:  # fell far behind (a busy machine): skip ahead, don't burst
             self._start = now - self.frames_made / self.fps
-        frame = self.make_frame(self.frames_made)
+        frame = await self.produce(self.frames_made)
         frame.pts = int((self.frames_made / self.fps) * VIDEO_CLOCK)
         frame.time_base = TIME_BASE
         self.frames_made += 1
         return frame
+
+    async def produce(self, index: int) -> av.VideoFrame:
+        """Frame ``index``; by default :meth:`make_frame`. Sources whose frames take long
+        (decoding a file) override this to work off the engine loop."""
+        return self.make_frame(index)
 
     def make_frame(self, index: int) -> av.VideoFrame:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -65,6 +69,8 @@ class NumpySource(VideoSource):
     video this way."""
 
     def __init__(self, fps: float = 30.0, width: int = 320, height: int = 240) -> None:
+        import numpy as np  # here, not at the top: a session that never makes video never loads numpy
+
         super().__init__(fps)
         self._lock = threading.Lock()
         self._image = np.zeros((height, width, 3), np.uint8)
@@ -73,6 +79,8 @@ class NumpySource(VideoSource):
 
     def push(self, image: Any) -> None:
         """Send ``image`` from the next tick on (from any thread). The array is copied."""
+        import numpy as np
+
         array = np.asarray(image)
         if array.dtype != np.uint8:
             raise TypeError(f"frames must be uint8 arrays, not {array.dtype}")
