@@ -245,7 +245,7 @@ def _turn_extras(args: argparse.Namespace) -> Callable[[str], dict[str, Any]] | 
         raise ValueError("--turn-secret needs --turn-url, e.g. --turn-url turn:HOST:3478")
     from .room.turn import TurnCredentials
 
-    return TurnCredentials(args.turn_secret, args.turn_url, args.turn_ttl).welcome_extras
+    return TurnCredentials(args.turn_secret, args.turn_url, args.turn_ttl)  # refreshed every ttl/2
 
 
 @register("server", "run a room server (signalling only)", _configure_server)

@@ -113,9 +113,14 @@ class Mesh:
         if self._changed is not None:
             self._changed.set()
 
-    async def on_welcome(self, members: list[str], ice_servers: Any = None) -> None:
+    def use_server_ice(self, ice_servers: Any) -> None:
+        """Take the room server's ICE servers (TURN credentials) for the links made from now on:
+        from the ``welcome``, and from each ``refresh`` before the credentials expire."""
         if isinstance(ice_servers, list):
             self.server_ice = [s for s in ice_servers if isinstance(s, dict) and isinstance(s.get("urls"), (str, list))]
+
+    async def on_welcome(self, members: list[str], ice_servers: Any = None) -> None:
+        self.use_server_ice(ice_servers)
         with self.lock:
             self.members = set(members)
             for name in self.members:

@@ -288,6 +288,8 @@ class Session:
                 self._emit(ev.MemberLeft(user=user, room=msg.get("room")))
         elif t == "pong":
             self.mesh.on_pong()
+        elif t == "refresh":  # fresh TURN credentials, before the welcome's expire
+            self.mesh.use_server_ice(msg.get("ice_servers"))
         elif t == "signal":
             sender, data = msg.get("from"), msg.get("data")
             if isinstance(sender, str) and isinstance(data, dict):

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import pytest
 
 import netns
+from helpers import wait_until
 from ivisit_nb.cli import main as cli_main
 from ivisit_nb.room.hub import RoomHub
 from ivisit_nb.room.turn import TurnCredentials, check_turn_url, turn_password
@@ -92,6 +93,31 @@ def test_hub_adds_extras_to_each_welcome_but_never_replaces_its_fields() -> None
     assert "ice_servers" not in json.loads(out.sends[0][1])
 
 
+def test_hub_refreshes_credentials_at_half_their_lifetime() -> None:
+    """A session that stays longer than a credential's lifetime still gets working TURN
+    credentials for its next link: tick() sends fresh ones in a ``refresh`` message."""
+    creds = TurnCredentials("s3cret", "turn:h:3478", ttl=100)
+    assert creds.refresh_every == 50
+    hub = RoomHub(welcome_extras=creds)
+    hub.connect(1, "test", 0.0)
+    out = hub.receive(1, json.dumps({"type": "hello", "version": 1, "user": "alice", "room": "lab"}), 0.0)
+    first = json.loads(out.sends[0][1])["ice_servers"][0]
+    assert not hub.tick(49.0).sends  # not yet
+    sends = hub.tick(50.0).sends
+    assert [conn for conn, _ in sends] == [1]
+    refresh = json.loads(sends[0][1])
+    assert refresh["type"] == "refresh"
+    fresh = refresh["ice_servers"][0]
+    assert fresh["urls"] == first["urls"] and fresh["username"].endswith(":alice")
+    assert int(fresh["username"].split(":")[0]) >= int(first["username"].split(":")[0])  # valid at least as long
+    assert fresh["credential"] == turn_password("s3cret", fresh["username"])
+    assert not hub.tick(60.0).sends and hub.tick(100.0).sends  # then every 50 s again
+    plain = RoomHub(welcome_extras=lambda user: {"x": 1})  # no refresh_every: welcome only
+    plain.connect(1, "test", 0.0)
+    plain.receive(1, json.dumps({"type": "hello", "version": 1, "user": "bob", "room": None}), 0.0)
+    assert not plain.tick(10_000.0).sends
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -137,6 +163,26 @@ def test_server_hands_each_user_fresh_credentials_in_the_welcome() -> None:
     assert name == "alice" and server["urls"] == "turn:127.0.0.1:3478"
     assert int(before) + 120 <= int(expiry) <= time.time() + 120
     assert server["credential"] == turn_password(SECRET, server["username"])
+
+
+def test_a_session_takes_refreshed_credentials_for_its_next_links(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A real embedded server refreshes the credentials (its tick made fast for the test), and a
+    real session uses the fresh ones for links it makes from then on."""
+    from ivisit_nb import Session
+    from ivisit_nb.room import app as room_app
+    from ivisit_nb.room.server import RoomServer
+
+    monkeypatch.setattr(room_app, "RENEW_EVERY", 0.2)
+    creds = TurnCredentials(SECRET, "turn:127.0.0.1:3478", ttl=2)  # refreshed every second
+    with RoomServer(welcome_extras=creds) as server:
+        s = Session.join(server.url, "alice", "lab", config_dir=tmp_path / "cfg", inbox=tmp_path / "inbox")
+        try:
+            first = wait_until(lambda: list(s.mesh.server_ice), 30)[0]
+            fresh = wait_until(lambda: [x for x in s.mesh.server_ice if x["username"] != first["username"]], 30)[0]
+        finally:
+            s.leave()
+    assert int(fresh["username"].split(":")[0]) > int(first["username"].split(":")[0])
+    assert fresh["credential"] == turn_password(SECRET, fresh["username"])
 
 
 # -- between network namespaces -------------------------------------------------------------

@@ -121,7 +121,7 @@ class Hello:
 class _Conn:
     """One connection as the hub sees it."""
 
-    __slots__ = ("id", "remote", "bucket", "dropped", "user", "key", "room", "joined", "closed")
+    __slots__ = ("id", "remote", "bucket", "dropped", "user", "key", "room", "joined", "closed", "extras_at")
 
     def __init__(self, conn_id: ConnId, remote: str, bucket: TokenBucket) -> None:
         self.id = conn_id
@@ -133,6 +133,7 @@ class _Conn:
         self.room: str | None = None
         self.joined = False
         self.closed = False  # a fatal error was sent; frames are ignored from now on
+        self.extras_at = 0.0  # when this connection last got the welcome extras
 
     def __repr__(self) -> str:
         return f"<connection {self.id!r} {self.user or '(no hello)'} room={self.room!r} from {self.remote}>"
@@ -145,7 +146,9 @@ class RoomHub:
     by default); ``instance`` names this process in the directory's addresses
     (random by default); a name claim lasts ``name_lease`` seconds and
     :meth:`tick` renews it. ``welcome_extras(user)``, if given, returns fields added to
-    each ``welcome`` (``ivisit_nb.room.turn`` uses it to hand out ``ice_servers``).
+    each ``welcome`` (``ivisit_nb.room.turn`` uses it to hand out ``ice_servers``); if it
+    has a ``refresh_every`` attribute (seconds, e.g. half a credential's lifetime),
+    :meth:`tick` sends each user fresh extras in a ``refresh`` message that often.
     User names are canonical (NFC) and unique up to look-alikes, see
     :mod:`ivisit_nb.room.names`.
 
@@ -258,10 +261,11 @@ class RoomHub:
         claimed the name) is closed with ``name-taken``.
         """
         out = Outcome()
+        refresh_every = getattr(self.welcome_extras, "refresh_every", None)
         for c in list(self._conns.values()):
             if not c.joined or c.closed:
                 continue
-            assert c.key is not None
+            assert c.key is not None and c.user is not None
             if not self.directory.renew(c.key, self._address(c), self.name_lease, now):
                 self._error(
                     out, c, "name-taken",
@@ -269,6 +273,9 @@ class RoomHub:
                     "connection took it; reconnect under another name",
                     close=CLOSE_NAME_TAKEN,
                 )
+            elif self.welcome_extras is not None and refresh_every and now - c.extras_at >= refresh_every:
+                out.sends.append((c.id, dumps({**self.welcome_extras(c.user), "type": "refresh"})))
+                c.extras_at = now
         return out
 
     # -- a shared directory (several server processes) ------------------------------
@@ -475,6 +482,7 @@ class RoomHub:
         welcome = {"type": "welcome", "user": user, "room": room, "members": others, "max_message": self.max_message}
         if self.welcome_extras is not None:
             welcome = {**self.welcome_extras(user), **welcome}  # extras never replace the core fields
+            c.extras_at = now
         out.sends.append((c.id, dumps(welcome)))
         if not self._announced:
             self._tell(out, others, dumps({"type": "joined", "room": room, "user": user}), now)

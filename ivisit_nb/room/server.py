@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from .app import HELLO_TIMEOUT, MAX_BACKLOG, RoomApp
 from .directory import Directory
-from .hub import RoomHub
+from .hub import RoomHub, WelcomeExtras
 
 log = logging.getLogger("ivisit_nb.room")
 
@@ -79,11 +79,12 @@ class RoomServer:
         hello_timeout: float = HELLO_TIMEOUT,
         max_backlog: int = MAX_BACKLOG,
         directory: Directory | None = None,
+        welcome_extras: WelcomeExtras | None = None,
     ) -> None:
         self._app = RoomApp(
             host, port, token=token, max_members=max_members, rate=rate, burst=burst,
             max_message=max_message, hello_timeout=hello_timeout, max_backlog=max_backlog,
-            directory=directory,
+            directory=directory, welcome_extras=welcome_extras,
         )
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()

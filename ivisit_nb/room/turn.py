@@ -78,3 +78,10 @@ class TurnCredentials:
     def welcome_extras(self, name: str) -> dict[str, Any]:
         """Fields to add to ``name``'s ``welcome``: ``{"ice_servers": [...]}``, valid from now."""
         return {"ice_servers": self.ice_servers(name, time.time())}
+
+    __call__ = welcome_extras  # pass the credentials themselves as the hub's ``welcome_extras``
+
+    @property
+    def refresh_every(self) -> float:
+        """Seconds after which the hub sends a user fresh credentials: half their lifetime."""
+        return self.ttl / 2
