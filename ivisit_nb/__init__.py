@@ -25,6 +25,10 @@ _EXPORTS = {
     "Offer": "ivisit_nb.sharing.policy",
     "Transfer": "ivisit_nb.sharing.transfers",
     "BadURL": "ivisit_nb.protocol.urls",
+    "TestPattern": "ivisit_nb.media.pattern",
+    "VideoFile": "ivisit_nb.media.file",
+    "NumpySource": "ivisit_nb.media.sources",
+    "Camera": "ivisit_nb.media.camera",
 }
 
 __all__ = sorted(_EXPORTS)
