@@ -3,8 +3,9 @@
 ``session.ui()`` returns a :class:`Panel` with everything; each part can also be
 displayed on its own::
 
-    from ivisit_nb.widgets import Roster, OfferDialog, ProgressList, Viewer, SettingsPanel, ReceiveToggle
+    from ivisit_nb.widgets import Roster, OfferDialog, ProgressList, Viewer, SettingsPanel, ReceiveToggle, VideoView
     Viewer(bob)
+    VideoView(bob.video_feed("alice"))
 
 Session events arrive on the session's engine thread; the widgets are updated on
 one UI thread per session under one lock (see :mod:`ivisit_nb.widgets.pump`).
@@ -19,12 +20,13 @@ from .panel import Panel
 from .preview import preview
 from .progress import ProgressLine, ProgressList
 from .pump import UI_LOCK, Pump
-from .roster import Roster, Tile
+from .roster import PreviewTile, Roster, Tile
 from .settings_panel import ReceiveToggle, SettingsPanel
+from .video import ImageVideo, VideoView, video_widget
 from .viewer import Viewer
 
 __all__ = [
     "Panel", "Roster", "Tile", "ReceiveToggle", "SettingsPanel", "OfferDialog", "OfferCard", "choice_labels",
     "ProgressList", "ProgressLine", "Viewer", "preview", "DropReceiver", "Notice", "Bridge", "DataBox",
-    "extension_available", "Pump", "UI_LOCK",
+    "extension_available", "Pump", "UI_LOCK", "PreviewTile", "VideoView", "ImageVideo", "video_widget",
 ]

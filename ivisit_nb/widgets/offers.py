@@ -1,16 +1,17 @@
-"""The accept/refuse dialog: iVisit's four choices for every incoming file or URL offer.
+"""The accept/refuse dialog: iVisit's four choices for every incoming file, URL or video request.
 
 Each pending offer gets a card (name, size and sender) with four buttons::
 
     Accept always from alice | Accept this file | Refuse always from alice | Refuse this file
 
-For a URL the middle words are "this URL". Cards queue, oldest first. With the
+For a URL the middle words are "this URL", for video (``request.kind == "video"``: alice
+wants to send you her video) "this call". Cards queue, oldest first. With the
 extension the same question also pops up as a JupyterLab notification with the
 same four buttons; it stays until answered, and goes away when the offer is
 answered in the panel, times out or is cancelled.
 
-Calls and chat messages that wait for a decision are not shown here (files and
-URLs only).
+1:1 calls and chat messages that wait for a decision are not shown here (files,
+URLs and video only).
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from ..sharing.transfers import kib
 from .frontend import Bridge, box
 from .pump import UI_LOCK, Pump, Tick, close_tree, guard
 
+VIDEO_EVENTS = tuple(e for e in (getattr(ev, "VideoChanged", None),) if e is not None)
+
 if TYPE_CHECKING:
     from .api import SessionAPI as Session
 
-KINDS = ("file", "url")
+KINDS = ("file", "url", "video")
+THIS = {"file": "this file", "url": "this URL", "video": "this call"}
 
 
 def choice_labels(request: Request) -> list[str]:
     """The four button labels, in order: accept always, accept this, refuse always, refuse this."""
-    what = "this URL" if request.kind == "url" else "this file"
+    what = THIS.get(request.kind, "this file")
     return [
         f"Accept always from {request.sender}",
         f"Accept {what}",
@@ -45,6 +49,8 @@ def choice_labels(request: Request) -> list[str]:
 
 def describe(request: Request) -> str:
     """One line of plain text: who offers what."""
+    if request.kind == "video":
+        return f"{request.sender} wants to send you video"
     if request.kind == "url":
         return f"{request.sender} offers the URL {request.details.get('url') or request.details.get('name')}"
     return f"{request.sender} offers {request.details.get('name')} ({kib(int(request.details.get('size') or 0))})"
@@ -78,11 +84,14 @@ class OfferCard(widgets.VBox):
         self.request = request
         self._on_answered = on_answered
         d = request.details
-        if request.kind == "url":
+        if request.kind == "video":
+            what = "video"
+        elif request.kind == "url":
             what = f"the URL <code>{escape(str(d.get('url') or d.get('name')))}</code>"
         else:
             what = f"<b>{escape(str(d.get('name')))}</b> ({escape(kib(int(d.get('size') or 0)))})"
-        self.text = widgets.HTML(f"<b>{escape(request.sender)}</b> offers {what}")
+        verb = "wants to send you" if request.kind == "video" else "offers"
+        self.text = widgets.HTML(f"<b>{escape(request.sender)}</b> {verb} {what}")
         self.buttons: list[widgets.Button] = []
         for index, label in enumerate(choice_labels(request)):
             button = guard(widgets.Button(description=label, layout=widgets.Layout(width="auto")))
@@ -107,7 +116,8 @@ class OfferCard(widgets.VBox):
 
 
 class OfferDialog(widgets.VBox):
-    """Every pending file/URL offer of a session, oldest first, each answerable inline or from a notification."""
+    """Every pending file/URL offer and video request of a session, oldest first, each answerable
+    inline or from a notification."""
 
     def __init__(self, session: "Session", *, notify: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -116,7 +126,7 @@ class OfferDialog(widgets.VBox):
         self.cards: dict[int, OfferCard] = {}  # id(request) -> card
         self.bridge = Bridge.of(session) if notify else None
         with UI_LOCK:
-            for request in session.pending_offers:
+            for request in [*session.pending_offers, *getattr(session, "video_requests", [])]:
                 self._add(request)
         self._stop = Pump.of(session).listen(self._on_event)
 
@@ -126,6 +136,8 @@ class OfferDialog(widgets.VBox):
         return [c.request for c in self.cards.values()]
 
     def _key(self, request: Request) -> str:
+        if request.kind == "video":
+            return f"video-{id(request)}"
         return f"offer-{request.details.get('transfer_id') or id(request)}"
 
     def _add(self, request: Request) -> None:
@@ -148,11 +160,11 @@ class OfferDialog(widgets.VBox):
     def _on_event(self, event: Any) -> None:
         if isinstance(event, ev.RequestPending):
             self._add(event.request)
-        elif isinstance(event, (ev.TransferEnded, Tick)):
+        elif isinstance(event, (ev.TransferEnded, Tick, *VIDEO_EVENTS)):
             # answered elsewhere, timed out, cancelled by the sender or the link went down
             ended = event.transfer.transfer_id if isinstance(event, ev.TransferEnded) else None
             for card in list(self.cards.values()):
-                if not card.request.pending or card.request.details.get("transfer_id") == ended:
+                if not card.request.pending or (ended is not None and card.request.details.get("transfer_id") == ended):
                     self._remove(card)
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
 """The panel ``session.ui()`` returns: everything in one place.
 
-Top to bottom: who you are and the "Receive files and URLs" switch, the roster
-of tiles, pending offers, transfers in progress, the Sharing viewer, and a
-status line (drops sent, errors).
+Top to bottom: who you are and the "Receive files and URLs" switch, your own
+video preview beside the roster of tiles (one per linked user, with their
+video), pending offers and video requests, transfers in progress, the Sharing
+viewer, and a status line (drops sent, errors).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from .drop import Notice
 from .frontend import Bridge, extension_available
 from .offers import OfferDialog
 from .progress import ProgressList
-from .pump import UI_LOCK, Pump, close_tree
-from .roster import Roster
+from .pump import UI_LOCK, Pump, Tick, close_tree
+from .roster import VIDEO_EVENTS, PreviewTile, Roster
 from .settings_panel import ReceiveToggle
 from .viewer import Viewer
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 class Panel(widgets.VBox):
     """Roster, receive switch, offers, progress and viewer for one session.
 
-    The parts are attributes (``roster``, ``receive``, ``offers``, ``progress``,
+    The parts are attributes (``preview``, ``roster``, ``receive``, ``offers``, ``progress``,
     ``viewer``); each can also be built and displayed on its own.
     """
 
@@ -39,6 +40,7 @@ class Panel(widgets.VBox):
         where = f" in {escape(session.room)}" if session.room else ""
         self.header = widgets.HTML(f'<b class="ivisit-me">{escape(session.user)}</b>{where}')
         self.receive = ReceiveToggle(session)
+        self.preview = PreviewTile(session)
         self.roster = Roster(session)
         self.offers = OfferDialog(session)
         self.progress = ProgressList(session)
@@ -49,13 +51,16 @@ class Panel(widgets.VBox):
         self.status.value = f"<small>{hint}</small>" if hint else ""
         self.children = [
             widgets.HBox([self.header, self.receive], layout=widgets.Layout(align_items="center", grid_gap="16px")),
-            self.roster, self.offers, self.progress, self.viewer, self.status,
+            widgets.HBox([self.preview, self.roster], layout=widgets.Layout(flex_flow="row wrap")),
+            self.offers, self.progress, self.viewer, self.status,
         ]
         self.bridge = Bridge.of(session)
         self._stop = Pump.of(session).listen(self._on_event)
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, Notice):
+        if isinstance(event, Tick) or (VIDEO_EVENTS and isinstance(event, VIDEO_EVENTS)):
+            self.preview.refresh()
+        elif isinstance(event, Notice):
             colour = "var(--jp-error-color1)" if event.error else "var(--jp-ui-font-color2)"
             self.status.value = f'<small style="color:{colour}">{escape(event.text)}</small>'
 

@@ -1,7 +1,8 @@
 """The roster: one tile per connected user, with a reception button and User Settings.
 
-A tile shows the user's name, link state and short authentication string (SAS),
-with a placeholder where video will go. Under it:
+A tile shows the user's video (:class:`~ivisit_nb.widgets.video.VideoView` of
+``session.video_feed(user)``; "no video" while none comes), name, link state and
+short authentication string (SAS). Under it:
 
 - the **reception button** blocks or unblocks files and URLs from that user
   (``session.settings[user].blocked``); its label always says which;
@@ -23,6 +24,7 @@ from .drop import DropReceiver
 from .frontend import box
 from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, guard
 from .settings_panel import SettingsPanel
+from .video import video_widget
 
 if TYPE_CHECKING:
     from .api import PeerAPI as Peer
@@ -32,12 +34,18 @@ STATE_COLOURS = {"connected": "green", "connecting": "orange", "new": "grey", "f
 
 
 class Tile(widgets.VBox):
-    """One user: name, link state, SAS, video placeholder, reception button and settings arrow."""
+    """One user: video, name, link state, SAS, reception button and settings arrow.
 
-    def __init__(self, session: "Session", user: str, **kwargs: Any) -> None:
+    ``tile.latest_frame`` is the newest frame of the user's video (RGB numpy array) and
+    ``tile.stats`` its statistics (:class:`~ivisit_nb.media.FeedStats`: received and
+    displayed fps, resolution, bitrate, dropped frames, latency).
+    """
+
+    def __init__(self, session: "Session", user: str, *, feed: Any = None, video_width: int = 320, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.session, self.user = session, user
-        self.video = widgets.HTML('<div class="ivisit-video">no video</div>')
+        self.feed = feed if feed is not None else video_feed_of(session, user)
+        self.video = video_widget(self.feed, width=video_width)
         self.name = widgets.HTML(f"<b>{escape(user)}</b>")
         self.state = widgets.HTML()
         self.sas = widgets.HTML()
@@ -57,6 +65,16 @@ class Tile(widgets.VBox):
         self.add_class("ivisit-tile-holder")
         self.children = [self.root]
         self.refresh()
+
+    @property
+    def latest_frame(self) -> Any:
+        """The newest frame of this user's video as an RGB ``uint8`` array (H x W x 3), or None."""
+        return self.video.latest_frame
+
+    @property
+    def stats(self) -> Any:
+        """This video's :class:`~ivisit_nb.media.FeedStats` with the frames this tile displayed, or None."""
+        return self.video.stats
 
     @property
     def blocked(self) -> bool:
@@ -89,6 +107,7 @@ class Tile(widgets.VBox):
             state = peer.state if peer else "gone"
             colour = STATE_COLOURS.get(state, "grey")
             rtt = f" · {peer.rtt * 1000:.0f} ms" if peer and peer.rtt is not None else ""
+            self.video.active = bool(getattr(self.feed, "active", False))
             self.state.value = f'<span class="ivisit-state" style="color:{colour}">{escape(state)}</span>{rtt}'
             sas = peer.sas if peer else None
             self.sas.value = f'<span class="ivisit-sas">SAS: <code>{escape(sas)}</code></span>' if sas else '<span class="ivisit-sas">SAS: –</span>'
@@ -111,10 +130,86 @@ class Tile(widgets.VBox):
             super().close()
 
 
+class PreviewTile(widgets.VBox):
+    """Your own video as the others get it (``session.local_feed``), with a Start/Stop video button.
+
+    Its element is ``<div class="ivisit-tile ivisit-preview" data-local="NAME">``; it takes no drops.
+    """
+
+    def __init__(self, session: "Session", *, video_width: int = 320, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.session = session
+        self.feed = getattr(session, "local_feed", None)
+        self.video = video_widget(self.feed, width=video_width)
+        self.name = widgets.HTML(f"<b>{escape(session.user)}</b> (you)")
+        self.button = guard(widgets.Button(layout=widgets.Layout(width="auto")))
+        self.button.add_class("ivisit-video-button")
+        self.button.on_click(lambda _b: self.toggle_video())
+        self.message = widgets.HTML()
+        self.root = box([self.video, self.name, self.button, self.message], classes=["ivisit-tile", "ivisit-preview"],
+                        data={"local": session.user})
+        self.add_class("ivisit-tile-holder")
+        self.children = [self.root]
+        self.refresh()
+
+    @property
+    def sending(self) -> bool:
+        return bool(getattr(self.feed, "active", False))
+
+    @property
+    def latest_frame(self) -> Any:
+        return self.video.latest_frame
+
+    @property
+    def stats(self) -> Any:
+        return self.video.stats
+
+    def toggle_video(self) -> None:
+        """Start sending video to everyone linked (a test pattern unless a source was given), or stop."""
+        with UI_LOCK:
+            try:
+                if self.sending:
+                    self.session.stop_video()
+                else:
+                    self.session.start_video()
+                self.message.value = ""
+            except Exception as exc:  # no video support, no peers, a source that failed
+                self.message.value = f'<small style="color:var(--jp-error-color1)">{escape(str(exc))}</small>'
+            self.refresh()
+
+    def refresh(self) -> None:
+        with UI_LOCK:
+            self.video.active = self.sending
+            self.button.disabled = not hasattr(self.session, "start_video")
+            self.button.description = "Stop video" if self.sending else "Start video"
+            self.button.icon = "stop" if self.sending else "video-camera"
+
+    def close(self) -> None:
+        with UI_LOCK:
+            for child in list(self.children):
+                close_tree(child)
+            super().close()
+
+
+def video_feed_of(session: "Session", user: str) -> Any:
+    """``session.video_feed(user)``, or None for a session without video."""
+    get = getattr(session, "video_feed", None)
+    if get is None:
+        return None
+    try:
+        return get(user)
+    except Exception:  # not linked (yet)
+        return None
+
+
+VIDEO_EVENTS = tuple(e for e in (getattr(ev, "VideoChanged", None),) if e is not None)
+
+
 class Roster(widgets.HBox):
     """A tile per user linked with (or joining) this session; follows joins, leaves and link changes."""
 
     def __init__(self, session: "Session", **kwargs: Any) -> None:
+        kwargs.setdefault("layout", widgets.Layout(flex_flow="row wrap", flex="1 1 0", min_width="200px"))
         super().__init__(**kwargs)
         self.session = session
         self.add_class("ivisit-roster")
@@ -141,6 +236,10 @@ class Roster(widgets.HBox):
     def _on_event(self, event: Any) -> None:
         if isinstance(event, (ev.PeerStateChanged, ev.MemberJoined, ev.MemberLeft, ev.Connected, Tick)):
             self.refresh()
+        elif VIDEO_EVENTS and isinstance(event, VIDEO_EVENTS):
+            tile = self.tiles.get(getattr(event, "user", "") or "")
+            if tile is not None:
+                tile.refresh()
         elif isinstance(event, SettingChanged) and event.field == "blocked":
             tile = self.tiles.get(event.user or "")
             for t in ([tile] if tile else self.tiles.values()):

@@ -8,8 +8,10 @@ import type { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/applica
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { BridgeModel } from './bridge';
 import { IVisitBoxModel, IVisitBoxView } from './box';
+import { CaptureModel, CaptureView } from './capture';
 import { context } from './context';
 import { MODULE_NAME, MODULE_VERSION } from './version';
+import { VideoModel, VideoView } from './video';
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'ivisit-nb:widgets',
@@ -23,7 +25,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     registry.registerWidget({
       name: MODULE_NAME,
       version: MODULE_VERSION,
-      exports: { IVisitBoxModel, IVisitBoxView, BridgeModel }
+      exports: { IVisitBoxModel, IVisitBoxView, BridgeModel, CaptureModel, CaptureView, VideoModel, VideoView }
     });
   }
 };

@@ -1,0 +1,272 @@
+/**
+ * VideoModel / VideoView: the newest frame of a video feed, as JPEG, with feedback
+ * (Python side: ivisit_nb/widgets/video.py; design and figures: docs/video.md).
+ *
+ * Kernel -> browser, one custom message per frame:
+ *   {f: seq, w, h, k: 0|1} + one buffer, the JPEG. `k: 1` marks the frame that filled the
+ *   kernel's window of frames in flight; it is acknowledged on receipt, before decoding.
+ * Browser -> kernel (small JSON, read by the kernel straight off the comm):
+ *   {a: seq, d: shown, x: dropped, t}  ack: frames up to `seq` arrived; `d` frames were shown and
+ *                                     `x` dropped unseen since the previous report; `t` is
+ *                                     Date.now() (the kernel splits the round trip with it)
+ *   {p: page, hello: 1, v, w}        this page's model exists (after a reload too)
+ *   {p: page, v, w, d, x}            a view of this page came on screen or left it (`v`), the
+ *                                     widest visible view is `w` device pixels wide
+ *   {p: page, bye: 1}                the page's last view was removed
+ *
+ * Each view shows frames in one <img class="ivisit-frame">. While a frame decodes, newer ones
+ * replace each other in a one-slot pending box (newest wins; the others count as dropped).
+ * Views that are off screen (IntersectionObserver) or in a hidden page (`document.hidden`)
+ * decode nothing; when no view of a model is on screen, the kernel stops encoding. A view's
+ * width is watched too (ResizeObserver), so frames are encoded at the size shown.
+ */
+import { DOMWidgetModel, DOMWidgetView } from '@jupyter-widgets/base';
+import { MODULE_NAME, MODULE_VERSION } from './version';
+
+interface Frame {
+  seq: number;
+  width: number;
+  height: number;
+  blob: Blob;
+}
+
+export class VideoModel extends DOMWidgetModel {
+  defaults(): any {
+    return {
+      ...super.defaults(),
+      _model_name: 'VideoModel',
+      _model_module: MODULE_NAME,
+      _model_module_version: MODULE_VERSION,
+      _view_name: 'VideoView',
+      _view_module: MODULE_NAME,
+      _view_module_version: MODULE_VERSION,
+      width: 320,
+      active: true,
+      placeholder: 'no video'
+    };
+  }
+
+  initialize(attributes: any, options: any): void {
+    super.initialize(attributes, options);
+    this.page = Math.random().toString(36).slice(2, 10);
+    this.on('msg:custom', this.onMessage, this);
+    this.onVisibility = () => this.reportVisibility();
+    document.addEventListener('visibilitychange', this.onVisibility);
+    this.send({ p: this.page, hello: 1, v: false, w: 0 }, {});
+  }
+
+  /** A frame from the kernel: acknowledge it if asked to, then hand it to the views. */
+  private onMessage(content: any, buffers: (ArrayBuffer | ArrayBufferView)[] | undefined): void {
+    if (!content || typeof content.f !== 'number' || !buffers || !buffers.length) {
+      return;
+    }
+    this.received += 1;
+    if (content.k) {
+      this.send({ a: content.f, d: this.shown, x: this.dropped, t: Date.now() }, {});
+      this.shown = 0;
+      this.dropped = 0;
+    }
+    const frame: Frame = {
+      seq: content.f,
+      width: content.w,
+      height: content.h,
+      blob: new Blob([buffers[0] as BlobPart], { type: 'image/jpeg' })
+    };
+    this.latest = frame;
+    let taken = false;
+    for (const view of this.videoViews) {
+      taken = view.offer(frame) || taken;
+    }
+    if (!taken) {
+      this.dropped += 1;
+    }
+  }
+
+  attachView(view: VideoView): void {
+    this.videoViews.add(view);
+    this.reportVisibility();
+  }
+
+  detachView(view: VideoView): void {
+    this.videoViews.delete(view);
+    if (this.videoViews.size === 0) {
+      this.sent = null;
+      this.send({ p: this.page, bye: 1, d: this.shown, x: this.dropped }, {});
+      this.shown = 0;
+      this.dropped = 0;
+    } else {
+      this.reportVisibility();
+    }
+  }
+
+  /** Tell the kernel whether a view is on screen, and how wide (device pixels), when that changed. */
+  reportVisibility(): void {
+    let width = 0;
+    let visible = false;
+    if (!document.hidden) {
+      for (const view of this.videoViews) {
+        if (view.onScreen) {
+          visible = true;
+          width = Math.max(width, view.pixelWidth());
+        }
+      }
+    }
+    const key = `${visible}:${width}`;
+    if (key !== this.sent) {
+      this.sent = key;
+      this.send({ p: this.page, v: visible, w: width, d: this.shown, x: this.dropped }, {});
+      this.shown = 0;
+      this.dropped = 0;
+    }
+  }
+
+  countShown(): void {
+    this.shown += 1;
+  }
+
+  countDropped(): void {
+    this.dropped += 1;
+  }
+
+  destroy(options?: any): any {
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    return super.destroy(options);
+  }
+
+  static serializers = { ...DOMWidgetModel.serializers };
+
+  latest: Frame | null = null;
+  received = 0;
+  private page = '';
+  private videoViews = new Set<VideoView>();
+  private shown = 0;
+  private dropped = 0;
+  private sent: string | null = null;
+  private onVisibility: () => void = () => undefined;
+}
+
+export class VideoView extends DOMWidgetView {
+  render(): void {
+    this.el.classList.add('ivisit-video', 'ivisit-video-live');
+    this.img = document.createElement('img');
+    this.img.className = 'ivisit-frame';
+    this.img.alt = '';
+    this.img.addEventListener('load', () => this.loaded());
+    this.img.addEventListener('error', () => this.loaded(false));
+    this.note = document.createElement('div');
+    this.note.className = 'ivisit-novideo';
+    this.el.append(this.img, this.note);
+    this.update();
+    this.listenTo(this.model, 'change:width change:active change:placeholder', this.update);
+    this.observer = new IntersectionObserver(
+      entries => {
+        for (const entry of entries) {
+          this.onScreen = entry.isIntersecting;
+        }
+        this.vm.reportVisibility();
+        const latest = this.vm.latest;
+        if (this.onScreen && latest && latest.seq !== this.showing) {
+          this.offer(latest);
+        }
+      },
+      { threshold: 0 }
+    );
+    this.observer.observe(this.el);
+    this.resizer = new ResizeObserver(() => this.vm.reportVisibility());
+    this.resizer.observe(this.el);
+    this.vm.attachView(this);
+  }
+
+  update(): void {
+    const width = Number(this.model.get('width')) || 320;
+    this.el.style.width = `${width}px`;
+    this.note.textContent = String(this.model.get('placeholder') || '');
+    this.showFrames(this.hasFrame && !!this.model.get('active'));
+  }
+
+  /** Width of the view in device pixels (what the kernel should encode for). */
+  pixelWidth(): number {
+    const css = this.el.clientWidth || Number(this.model.get('width')) || 320;
+    return Math.round(css * (window.devicePixelRatio || 1));
+  }
+
+  /** Show `frame` now, or as soon as the frame decoding is done. False when this view is off screen. */
+  offer(frame: Frame): boolean {
+    if (!this.onScreen || document.hidden) {
+      return false;
+    }
+    if (this.busy) {
+      if (this.pending) {
+        this.vm.countDropped();
+      }
+      this.pending = frame;
+      return true;
+    }
+    this.load(frame);
+    return true;
+  }
+
+  private load(frame: Frame): void {
+    this.busy = true;
+    this.showing = frame.seq;
+    this.nextUrl = URL.createObjectURL(frame.blob);
+    this.img.src = this.nextUrl;
+  }
+
+  private loaded(ok = true): void {
+    if (this.url) {
+      URL.revokeObjectURL(this.url);
+    }
+    this.url = this.nextUrl;
+    this.nextUrl = null;
+    this.busy = false;
+    if (ok) {
+      this.vm.countShown();
+      if (!this.hasFrame) {
+        this.hasFrame = true;
+        this.update();
+      }
+    }
+    const pending = this.pending;
+    this.pending = null;
+    if (pending && this.onScreen) {
+      this.load(pending);
+    }
+  }
+
+  private showFrames(on: boolean): void {
+    this.img.style.display = on ? '' : 'none';
+    this.note.style.display = on ? 'none' : '';
+  }
+
+  remove(): any {
+    this.observer?.disconnect();
+    this.resizer?.disconnect();
+    this.onScreen = false;
+    this.vm.detachView(this);
+    if (this.url) {
+      URL.revokeObjectURL(this.url);
+    }
+    if (this.nextUrl) {
+      URL.revokeObjectURL(this.nextUrl);
+    }
+    this.url = this.nextUrl = null;
+    return super.remove();
+  }
+
+  private get vm(): VideoModel {
+    return this.model as unknown as VideoModel;
+  }
+
+  onScreen = false;
+  private img!: HTMLImageElement;
+  private note!: HTMLDivElement;
+  private observer: IntersectionObserver | null = null;
+  private resizer: ResizeObserver | null = null;
+  private busy = false;
+  private pending: Frame | null = null;
+  private showing = -1;
+  private hasFrame = false;
+  private url: string | null = null;
+  private nextUrl: string | null = null;
+}
