@@ -127,6 +127,37 @@ def test_a_waiting_ready_pauses_reading_and_frames_arrive_once_it_is_done(runner
     assert got == [bytes([i % 256]) * (512 << 10) for i in range(40)]
 
 
+@LOOPS
+def test_frame_buffers_are_reused_only_once_nobody_holds_them(runner):
+    """The receiving lane recycles frame buffers: a frame still held (by the disk writer, here
+    by this test) is never overwritten, and released ones are reused."""
+    async def main():
+        alice, bob = direct.Identity.generate(), direct.Identity.generate()
+        listener, info = await _listener(bob, alice)
+        lane = await direct.connect(alice, info, "test")
+        theirs = await listener.lane
+        held: list = []
+        theirs.start_reading(held.append, lambda: None)  # keeps every frame's view
+        await _send_all(lane, 20)
+        while len(held) < 20:
+            await asyncio.sleep(0.01)
+        intact = [bytes(f) for f in held] == [bytes([i]) * (512 << 10) for i in range(20)]
+        pool_while_held = len(theirs._pool)
+        held.clear()  # the writer lets go
+        released: list = []
+        theirs._on_frame = lambda f: released.append(bytes(f))  # copies, holds no view
+        await _send_all(lane, 20)
+        while len(released) < 20:
+            await asyncio.sleep(0.01)
+        lane.close()
+        return intact, pool_while_held, len(theirs._pool), released
+
+    intact, pool_while_held, pool_after, released = runner(main())
+    assert intact  # 20 frames held at once, more than the pool keeps: none was overwritten
+    assert pool_while_held == pool_after == direct.POOL_BUFFERS  # released buffers were reused, not added
+    assert released == [bytes([i]) * (512 << 10) for i in range(20)]
+
+
 async def _send_all(lane, n):
     for i in range(n):
         await lane.send_frame(bytes([i % 256]) * (512 << 10))

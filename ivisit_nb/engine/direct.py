@@ -36,6 +36,7 @@ import logging
 import os
 import secrets
 import ssl
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -54,6 +55,7 @@ MAX_ATTEMPTS = 16  # failed connections a listener tolerates (port scanners)
 TOKEN_BYTES = 32
 ACK = b"\x01"  # the listener's one-byte answer to a right token
 WRITE_BUFFER = 1 << 20
+POOL_BUFFERS = 8  # frame buffers a receiving lane keeps for reuse (the disk writer holds up to ~5)
 STREAM_LIMIT = 2 << 20  # the reader's buffer: a whole frame fits without pausing the socket
 #: Tests and benches may replace the advertised candidates, e.g. "127.0.0.1:1" (refuses).
 CANDIDATES_ENV = "IVISIT_NB_DIRECT_CANDIDATES"
@@ -201,7 +203,9 @@ class DirectTlsLane(asyncio.BufferedProtocol):
         self._transport: Any = writer.transport
         self._streams = (reader, writer)  # kept: a collected StreamWriter closes its transport
         self._header = bytearray(4)
-        self._frame: bytearray | None = None  # the frame being filled, or None while reading a header
+        self._frame: memoryview | None = None  # the frame being filled, or None while reading a header
+        self._size = 0
+        self._pool: list[bytearray] = []  # frame buffers, reused once nobody holds a view of them
         self._filled = 0
         self._on_frame: Callable[[Any], None] | None = None
         self._ready: Callable[[], Awaitable[None] | None] | None = None
@@ -277,17 +281,30 @@ class DirectTlsLane(asyncio.BufferedProtocol):
                 log.warning("direct lane %s: a frame of %d bytes; closing", self.describe, size)
                 self.close()
                 return
-            self._frame, self._filled = bytearray(size), 0
+            self._frame, self._filled = self._buffer(size), 0
             return
         if self._filled < len(self._frame):
             return
-        frame = memoryview(self._frame).toreadonly()
+        frame = memoryview(self._frame)[: self._size].toreadonly()
         self._frame, self._filled = None, 0
         self.bytes_received += len(frame)
         if self._on_frame is None:
             self._early.append(frame)
             return
         self._deliver(frame)
+
+    def _buffer(self, size: int) -> memoryview:
+        """A buffer for the next frame: one of the pool's that nobody holds any more (the disk
+        writer has let go of its view), else a new one; so the steady state allocates, zeroes
+        and faults in no memory per frame."""
+        self._size = size
+        for buf in self._pool:
+            if len(buf) >= size and sys.getrefcount(buf) == 3:  # the pool, the loop variable, the call
+                return memoryview(buf)[:size]
+        buf = bytearray(max(size, FRAME_PAYLOAD + 64))
+        if len(self._pool) < POOL_BUFFERS:
+            self._pool.append(buf)
+        return memoryview(buf)[:size]
 
     def _deliver(self, frame: Any) -> None:
         assert self._on_frame is not None and self._ready is not None

@@ -89,6 +89,33 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO for reading must not hang
 _SPACE_ERRORS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+WRITE_BEHIND = 8 << 20  # a part starts writing its bytes to disk every this many bytes ...
+
+
+def _load_sync_file_range() -> Any:
+    """Linux's ``sync_file_range`` (ctypes), or None where there is none."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn
+
+
+_sync_file_range = _load_sync_file_range() if os.name == "posix" else None
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Ask the kernel to start writing ``nbytes`` from ``offset`` to disk, without waiting
+    (... so the fsync that makes a verified part durable has almost nothing left to do:
+    1 GiB's final fsync took 0.25-0.3 s here, and 0.00-0.01 s with write-behind)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE)  # errors: the fsync will report them
 _HASH = re.compile(r"blake3:([0-9a-f]{64})")
 _PART_NAME = re.compile(r"[0-9a-f]{64}\.part")
 _TAG_LENGTHS = (6, 12, 24, 64)  # hex digits of the tag telling colliding senders apart
@@ -260,6 +287,7 @@ class PartFile:
         self._fd: int | None = None
         self._closed = False
         self._verified = False
+        self._written_back = length  # bytes up to which write-behind has started
 
     def __repr__(self) -> str:
         return f"<PartFile {self.hash[:19]}… {self._length}/{self.size} bytes{' closed' if self.closed else ''}>"
@@ -356,13 +384,16 @@ class PartFile:
         self._hasher.update(data)
         self._length = offset + len(data)
         self._verified = False
+        if self._length - self._written_back >= WRITE_BEHIND:
+            start_writeback(fd, self._written_back, self._length - self._written_back)
+            self._written_back = self._length
 
     def truncate(self, length: int = 0) -> None:
         """Throw away the bytes held (the sender restarts from 0). Only 0 is supported."""
         if length != 0:
             raise ValueError("a part can only be truncated to 0; resume points come from open_part")
         os.ftruncate(self._file(check=False), 0)
-        self._length = self.prefix_length = 0
+        self._length = self.prefix_length = self._written_back = 0
         self._hasher = hashing.new_hasher()
         self._verified = False
 
