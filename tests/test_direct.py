@@ -334,6 +334,20 @@ def _direct_transfer(alice, bob, tmp_path, size=BIG):
     return t, incoming
 
 
+def test_random_bytes_arrive_intact_through_reused_buffers(pair, tmp_path):
+    """Both ends of the direct lane recycle frame buffers (the sender reads the file into
+    them, the receiver decrypts into them). With random bytes, every frame differs, so a
+    buffer reused while still in use would break the hash: the file must verify."""
+    alice, bob = pair
+    bob.settings["alice"].files = "accept"
+    f = make_file(tmp_path / "random.bin", 48 << 20)
+    t = alice.send_file(f, to="bob")
+    assert t.wait(60) == "done", t.reason
+    assert t.lane == "direct"
+    got = tmp_path / "inbox" / "bob" / "alice" / "random.bin"
+    assert hash_file(got) == hash_file(f)
+
+
 @pytest.mark.parametrize("how", ["stop", "viewer", "disconnect", "sender"])
 def test_cancel_on_the_direct_lane(pair, tmp_path, how):
     alice, bob = pair

@@ -123,6 +123,30 @@ def test_wire_format(pair) -> None:
     assert len(data) == HEADER_LEN + 3
 
 
+def test_send_framed_writes_the_header_in_place_and_checks_like_send_chunk(pair) -> None:
+    alice, bob = pair
+    tid = new_id()
+    alice.offer(tid, "file", "a.bin", 5, content_hash(b"abcde"))
+    pump(alice, bob)
+    bob.accept(tid)
+    pump(bob, alice)
+    alice.start_sending(tid, 0)
+    buf = bytearray(HEADER_LEN + 3)
+    buf[HEADER_LEN:] = b"abc"  # as if read from the file into the frame
+    assert alice.send_framed(tid, 0, memoryview(buf))
+    [frame] = alice.take_data()
+    assert bytes(frame) == b"\x01" + uuid.UUID(tid).bytes + (0).to_bytes(8, "big") + b"abc"
+    assert frame.obj is buf  # no copy: the frame is the caller's buffer
+    with pytest.raises(ValueError, match="next byte to send is 3"):
+        alice.send_framed(tid, 0, memoryview(bytearray(HEADER_LEN + 2)))
+    with pytest.raises(ValueError, match="beyond the offered size"):
+        alice.send_framed(tid, 3, memoryview(bytearray(HEADER_LEN + 3)))
+    with pytest.raises(ValueError, match="empty chunk"):
+        alice.send_framed(tid, 3, memoryview(bytearray(HEADER_LEN)))
+    bob.receive_data(frame)
+    assert bob.take_events()  # the receiver reads it like any frame
+
+
 def test_url_offer(pair) -> None:
     alice, bob = pair
     tid, url = new_id(), "https://example.org/page"

@@ -36,11 +36,11 @@ import logging
 import os
 import secrets
 import ssl
-import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
+from .lanes import BufferPool
 from .stats import candidates
 
 log = logging.getLogger("ivisit_nb.direct")
@@ -205,7 +205,7 @@ class DirectTlsLane(asyncio.BufferedProtocol):
         self._header = bytearray(4)
         self._frame: memoryview | None = None  # the frame being filled, or None while reading a header
         self._size = 0
-        self._pool: list[bytearray] = []  # frame buffers, reused once nobody holds a view of them
+        self._pool = BufferPool(FRAME_PAYLOAD + 64, POOL_BUFFERS)  # frame buffers, reused once no view holds them
         self._filled = 0
         self._on_frame: Callable[[Any], None] | None = None
         self._ready: Callable[[], Awaitable[None] | None] | None = None
@@ -281,7 +281,7 @@ class DirectTlsLane(asyncio.BufferedProtocol):
                 log.warning("direct lane %s: a frame of %d bytes; closing", self.describe, size)
                 self.close()
                 return
-            self._frame, self._filled = self._buffer(size), 0
+            self._frame, self._filled, self._size = self._pool.take(size), 0, size
             return
         if self._filled < len(self._frame):
             return
@@ -292,19 +292,6 @@ class DirectTlsLane(asyncio.BufferedProtocol):
             self._early.append(frame)
             return
         self._deliver(frame)
-
-    def _buffer(self, size: int) -> memoryview:
-        """A buffer for the next frame: one of the pool's that nobody holds any more (the disk
-        writer has let go of its view), else a new one; so the steady state allocates, zeroes
-        and faults in no memory per frame."""
-        self._size = size
-        for buf in self._pool:
-            if len(buf) >= size and sys.getrefcount(buf) == 3:  # the pool, the loop variable, the call
-                return memoryview(buf)[:size]
-        buf = bytearray(max(size, FRAME_PAYLOAD + 64))
-        if len(self._pool) < POOL_BUFFERS:
-            self._pool.append(buf)
-        return memoryview(buf)[:size]
 
     def _deliver(self, frame: Any) -> None:
         assert self._on_frame is not None and self._ready is not None

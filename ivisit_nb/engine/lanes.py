@@ -13,6 +13,7 @@ implementing :class:`Lane`, plus a negotiation step in the offer.
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any, Callable, Protocol
 
 BUFFER_HIGH = 1 << 20  # pause sending above this many bytes buffered
@@ -37,6 +38,33 @@ class Lane(Protocol):
     def close(self) -> None:
         """Stop carrying frames; a sender waiting in :meth:`send_frame` gets ``ConnectionError``."""
         ...
+
+
+class BufferPool:
+    """Frame-sized buffers, reused once nobody holds them any more.
+
+    :meth:`take` returns a writable view of a buffer that no other object references (no
+    view of it is alive: the disk writer, the socket's backlog and the caller have let go),
+    else of a new one. So streaming a file allocates, zeroes and faults in no memory per
+    frame. At most ``keep`` buffers are kept; ``size`` is the largest view handed out.
+    """
+
+    def __init__(self, size: int, keep: int = 8) -> None:
+        self.size, self.keep = size, keep
+        self._buffers: list[bytearray] = []
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    def take(self, size: int | None = None) -> memoryview:
+        size = self.size if size is None else size
+        for buf in self._buffers:
+            if len(buf) >= size and sys.getrefcount(buf) == 3:  # the list, the loop variable, the call
+                return memoryview(buf)[:size]
+        buf = bytearray(max(size, self.size))
+        if len(self._buffers) < self.keep:
+            self._buffers.append(buf)
+        return memoryview(buf)[:size]
 
 
 class DataChannelLane:
@@ -86,7 +114,7 @@ class DataChannelLane:
             self._drained.clear()
             await self._drained.wait()
             self._check_open()
-        self.channel.send(frame)
+        self.channel.send(frame if isinstance(frame, bytes) else bytes(frame))  # aiortc takes bytes only
         self.bytes_sent += len(frame)
 
     def close(self) -> None:

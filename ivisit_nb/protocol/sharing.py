@@ -329,7 +329,7 @@ class SharingProtocol:
         self._pending: set[str] = set()  # offers from the peer waiting for our decision
         self._finished: OrderedDict[str, None] = OrderedDict()  # oldest first, for pruning
         self._control_out: list[dict[str, Any]] = []
-        self._data_out: list[bytes] = []
+        self._data_out: list[Any] = []
         self._events: list[SharingEvent] = []
 
     def __repr__(self) -> str:
@@ -342,8 +342,9 @@ class SharingProtocol:
         out, self._control_out = self._control_out, []
         return out
 
-    def take_data(self) -> list[bytes]:
-        """Binary frames to send on the data channel, oldest first."""
+    def take_data(self) -> list[Any]:
+        """Binary frames to send on a lane, oldest first: bytes, or the buffers given to
+        :meth:`send_framed`."""
         out, self._data_out = self._data_out, []
         return out
 
@@ -513,18 +514,41 @@ class SharingProtocol:
         (cancelled, failed, refused): stop reading the file then.
         """
         t = self._get(transfer_id, "send")
+        if not self._may_send(t, offset, len(data)):
+            return False
+        self._data_out.append(b"".join((self._header(t, offset), data)))  # one copy
+        t.next_offset = offset + len(data)
+        t.active_at = self._tick(now)
+        return True
+
+    def send_framed(self, transfer_id: str, offset: int, frame: Any, *, now: float | None = None) -> bool:
+        """:meth:`send_chunk` without copying: ``frame`` is a writable buffer whose first
+        :data:`HEADER_LEN` bytes are room for the header and whose rest is the chunk (read there
+        straight from the file). The header is written in place and ``frame`` itself becomes
+        the frame; don't touch it until the lane has let go of it."""
+        t = self._get(transfer_id, "send")
+        if not self._may_send(t, offset, len(frame) - HEADER_LEN):
+            return False
+        frame[:HEADER_LEN] = self._header(t, offset)
+        self._data_out.append(frame)
+        t.next_offset = offset + len(frame) - HEADER_LEN
+        t.active_at = self._tick(now)
+        return True
+
+    def _may_send(self, t: "_Transfer", offset: int, n: int) -> bool:
         if not self._expect_state(t, "sending", action="send data for"):
             return False
         if offset != t.next_offset:
             raise ValueError(f"chunk at offset {offset} but the next byte to send is {t.next_offset}")
-        if not data:
+        if n <= 0:
             raise ValueError("empty chunk; send at least one byte")
-        if offset + len(data) > t.size:
-            raise ValueError(f"chunk ends at byte {offset + len(data)}, beyond the offered size {t.size}")
-        self._data_out.append(b"".join((bytes([FRAME_DATA]), bytes.fromhex(t.id), offset.to_bytes(8, "big"), data)))  # one copy
-        t.next_offset = offset + len(data)
-        t.active_at = self._tick(now)
+        if offset + n > t.size:
+            raise ValueError(f"chunk ends at byte {offset + n}, beyond the offered size {t.size}")
         return True
+
+    @staticmethod
+    def _header(t: "_Transfer", offset: int) -> bytes:
+        return bytes([FRAME_DATA]) + bytes.fromhex(t.id) + offset.to_bytes(8, "big")
 
     # -- receiver ----------------------------------------------------------------
 

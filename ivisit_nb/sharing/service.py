@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from .. import events as ev
 from ..consent import Request
 from ..engine import direct
-from ..engine.lanes import Lane
+from ..engine.lanes import BufferPool, Lane
 from ..engine.linkproto import BaseLinkProtocol
 from ..engine.loop import spawn
 from ..protocol import sharing as sp
@@ -359,20 +359,22 @@ class Sharing(BaseLinkProtocol):
         """Read the file from ``offset`` and send it on ``lane``, paced by the lane's backpressure."""
         path = self._paths[t.transfer_id]
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
                 f.seek(offset)
                 pos = offset
                 payload = getattr(lane, "frame_payload", sp.FRAME_PAYLOAD)
+                buffers = BufferPool(sp.HEADER_LEN + payload, keep=4)  # each read lands in a frame, after its header
                 while pos < t.size and not t.ended:
-                    block = f.read(min(payload, t.size - pos))
-                    if not block:
+                    frame = buffers.take(sp.HEADER_LEN + min(payload, t.size - pos))
+                    n = f.readinto(frame[sp.HEADER_LEN:])
+                    if not n:
                         raise OSError(f"{path} is shorter than when it was offered")
-                    if not proto.send_chunk(t.transfer_id, pos, block, now=time.monotonic()):
+                    if not proto.send_framed(t.transfer_id, pos, frame[: sp.HEADER_LEN + n], now=time.monotonic()):
                         return  # ended meanwhile
-                    for frame in proto.take_data():
-                        await lane.send_frame(frame)
-                    pos += len(block)
-                    t._advance(len(block))
+                    for out in proto.take_data():  # the pool reuses a frame once the lane has let go of it
+                        await lane.send_frame(out)
+                    pos += n
+                    t._advance(n)
                     self._progress(t)
         except (OSError, ConnectionError) as exc:
             if isinstance(exc, ConnectionError) and lane.name != sp.DEFAULT_LANE:
