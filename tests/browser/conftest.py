@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lab import ARTIFACTS, Lab
+from lab import ARTIFACTS, Lab, write_notebook
 
 CHROMIUM = "/usr/bin/chromium"
 HERE = Path(__file__).parent
@@ -43,22 +43,11 @@ def write_settings(folder: Path) -> None:
         path.write_text(json.dumps(value))
 
 
-def write_notebook(path: Path) -> None:
-    """The notebook the flows run: two sessions in one kernel and bob's panel."""
-    cells = [
-        f"import sys\nsys.path.insert(0, {str(HERE)!r})\nfrom nbhelpers import Env\nenv = Env('.')",
-        "panel = env.bob.ui()\npanel",
-    ]
-    nb = {
-        "cells": [
-            {"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [], "source": src}
-            for i, src in enumerate(cells)
-        ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(nb, indent=1))
+#: The notebook the flows run: two sessions in one kernel and bob's panel.
+UI_CELLS = [
+    f"import sys\nsys.path.insert(0, {str(HERE)!r})\nfrom nbhelpers import Env\nenv = Env('.')",
+    "panel = env.bob.ui()\npanel",
+]
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +60,7 @@ def lab_server(tmp_path_factory):
     for d in (root, settings, base / "runtime", base / "ipython", base / "config"):
         d.mkdir()
     write_settings(settings)
-    write_notebook(root / "ui.ipynb")
+    write_notebook(root / "ui.ipynb", UI_CELLS)
     port, token = free_port(), secrets.token_hex(16)
     env = dict(
         os.environ,

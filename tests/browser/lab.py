@@ -144,3 +144,17 @@ class Lab:
             f"{kind}: {text}" for kind, text in self.console
             if kind in ("error", "pageerror") and not any(p.search(text) for p in KNOWN_CONSOLE_ERRORS)
         ]
+
+
+def write_notebook(path: Path, cells: list[str]) -> None:
+    """A notebook of ``cells`` (code, no outputs) at ``path``, for a test to open in the lab."""
+    nb = {
+        "cells": [
+            {"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [], "source": src}
+            for i, src in enumerate(cells)
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path.write_text(json.dumps(nb, indent=1))

@@ -18,10 +18,9 @@ import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import pytest
-from lab import ARTIFACTS, Lab
+from lab import ARTIFACTS, Lab, write_notebook
 
 CHROMIUM = "/usr/bin/chromium"
 RUNS = 3  # measured runs per path, each after 2 s of warm-up
@@ -41,19 +40,6 @@ CELLS = [
     "cam = Camera(640, 480, fps=120, new_only=False)\ncam",
 ]
 CAPTURE_320, CAPTURE_640, FALLBACK, DEFAULT, CEILING_320, CEILING_640 = 1, 2, 3, 4, 5, 6
-
-
-def write_notebook(path: Path) -> None:
-    nb = {
-        "cells": [
-            {"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [], "source": src}
-            for i, src in enumerate(CELLS)
-        ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(nb, indent=1))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +64,7 @@ def browser():
 def lab(lab_server, browser):
     url, token, root = lab_server
     ARTIFACTS.mkdir(exist_ok=True)
-    write_notebook(root / "camera.ipynb")
+    write_notebook(root / "camera.ipynb", CELLS)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     lab = Lab(page, url, token, root)

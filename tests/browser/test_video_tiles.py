@@ -8,12 +8,11 @@ the page shows. The page reads the stamp of the tile's <img> on every requestAni
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
-from conftest import HERE
-from lab import ARTIFACTS, Lab
+from conftest import UI_CELLS
+from lab import ARTIFACTS, Lab, write_notebook
 
 TILE = '.ivisit-tile[data-user="alice"]'
 IMG = f'{TILE} img.ivisit-frame'
@@ -100,28 +99,11 @@ def restart_video(calls):
 """
 
 
-def write_notebook(path) -> None:
-    cells = [
-        f"import sys\nsys.path.insert(0, {str(HERE)!r})\nfrom nbhelpers import Env\nenv = Env('.')",
-        "panel = env.bob.ui()\npanel",
-    ]
-    nb = {
-        "cells": [
-            {"cell_type": "code", "execution_count": None, "id": f"cell{i}", "metadata": {}, "outputs": [], "source": src}
-            for i, src in enumerate(cells)
-        ],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4,
-        "nbformat_minor": 5,
-    }
-    path.write_text(json.dumps(nb, indent=1))
-
-
 @pytest.fixture(scope="module")
 def vlab(lab_server, browser):
     url, token, root = lab_server
     ARTIFACTS.mkdir(exist_ok=True)
-    write_notebook(root / "video.ipynb")
+    write_notebook(root / "video.ipynb", UI_CELLS)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     lab = Lab(page, url, token, root)
