@@ -41,7 +41,7 @@ from ..protocol.wire import WireError, dump_control, parse_control
 from .lanes import DataChannelLane, Lane
 from .linkproto import BaseLinkProtocol, LinkProtocol
 from .loop import spawn
-from .stats import sctp_unacked
+from .stats import sctp_counters, sctp_unacked
 
 log = logging.getLogger("ivisit_nb.peerlink")
 
@@ -466,9 +466,15 @@ class PeerLink:
         """The data channel lane (always there)."""
         return self.lanes["datachannel"]  # type: ignore[return-value]
 
-    async def flush(self, timeout: float = 1.0) -> bool:
+    async def flush(self, timeout: float | None = None) -> bool:
         """Wait until the peer has acknowledged everything we queued on both channels (True),
-        or ``timeout`` s passed (False). Call before closing, so last words get out."""
+        or ``timeout`` s passed (False). Call before closing, so last words get out.
+
+        The default bound is one SCTP retransmission timeout plus a second: a last word that
+        waits behind data needing one retransmission still gets out (a bound shorter than the
+        RTO, at least 1 s in aiortc, lost a "cancel" behind a busy data channel)."""
+        if timeout is None:
+            timeout = 1.0 + float(sctp_counters(self).get("rto") or 1.0)
         deadline = time.monotonic() + timeout
         while self.control.bufferedAmount or self.data_lane.buffered or sctp_unacked(self):
             if self.control.readyState != "open" or time.monotonic() > deadline:
