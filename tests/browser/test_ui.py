@@ -273,7 +273,9 @@ def test_progress_viewer_back_forward_pause(lab):
 
 
 def big_transfer(lab, name):
-    lab.py("env.bob.settings['alice'].files = 'accept'")
+    """300 MB on the data channel: about 10 s here, and the engine's heaviest load (pure-Python
+    SCTP), so clicks land mid-transfer; the direct lane would be done in under a second."""
+    lab.py("env.bob.settings['alice'].files = 'accept'; env.bob.settings['alice'].lane = 'datachannel'")
     tid = lab.pyj(f"env.offer({name!r}, 300_000_000)")["id"]
     lab.page.locator(f'.ivisit-progress[data-transfer="{tid}"]').wait_for(timeout=10_000)
     return tid
