@@ -210,7 +210,7 @@ class DirectTlsLane(asyncio.BufferedProtocol):
         self._on_frame: Callable[[Any], None] | None = None
         self._ready: Callable[[], Awaitable[None] | None] | None = None
         self._early: list[Any] = []  # frames complete before start_reading
-        self._waiting: asyncio.Task[None] | None = None
+        self._waiting: asyncio.Future[Any] | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         leftover = bytes(reader._buffer)  # what the stream had read past the handshake
@@ -300,16 +300,14 @@ class DirectTlsLane(asyncio.BufferedProtocol):
         if waiter is None:
             return  # room for more: read on
         if self._closed:
-            waiter.close()  # type: ignore[attr-defined]
+            getattr(waiter, "close", lambda: None)()  # a coroutine never to be awaited
             return
         self._transport.pause_reading()
-        self._waiting = asyncio.ensure_future(self._resume_after(waiter))
+        self._waiting = asyncio.ensure_future(waiter)  # a task: cancelling it on close is clean
+        self._waiting.add_done_callback(self._ready_again)
 
-    async def _resume_after(self, waiter: Awaitable[None]) -> None:
-        try:
-            await waiter
-        finally:
-            self._waiting = None
+    def _ready_again(self, _done: "asyncio.Future[None]") -> None:
+        self._waiting = None
         if not self._closed:
             self._transport.resume_reading()
 
