@@ -98,8 +98,9 @@ def lab_server(tmp_path_factory):
 
 # Playwright's sync API keeps an asyncio loop marked as running in this thread while it is
 # open, which breaks asyncio.run() in later test modules: the browser lives for one module.
-@pytest.fixture(scope="module")
-def browser():
+def chromium(*extra_args: str):
+    """Debian's headless chromium through Playwright (never ``playwright install``), with
+    ``extra_args`` on top of the usual flags; yields the browser. For module fixtures."""
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make test does) to run the browser tests")
     from playwright.sync_api import sync_playwright
@@ -108,10 +109,16 @@ def browser():
         b = p.chromium.launch(
             executable_path=CHROMIUM,
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  *extra_args],
         )
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    yield from chromium()
 
 
 @pytest.fixture(scope="module")

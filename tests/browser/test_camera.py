@@ -20,9 +20,9 @@ import statistics
 import time
 
 import pytest
+from conftest import chromium
 from lab import ARTIFACTS, Lab, write_notebook
 
-CHROMIUM = "/usr/bin/chromium"
 RUNS = 3  # measured runs per path, each after 2 s of warm-up
 WINDOW = 8.0  # seconds per measured run
 RESULTS: dict[str, list[float]] = {}
@@ -45,19 +45,7 @@ CAPTURE_320, CAPTURE_640, FALLBACK, DEFAULT, CEILING_320, CEILING_640 = 1, 2, 3,
 @pytest.fixture(scope="module")
 def browser():
     """Chromium with the fake camera: the one allowed fake (no physical camera here)."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (make test does) to run the browser tests")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"],
-        )
-        yield b
-        b.close()
+    yield from chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
 @pytest.fixture(scope="module")
