@@ -78,6 +78,60 @@ def test_encode_jpeg_keeps_the_stamp_and_scales():
         assert read_stamp(simplejpeg.decode_jpeg(encode_jpeg(g, 320)[0]))[0] == 1234
 
 
+# Each tile's encoder thread scales the newest frame while other threads read the same frame
+# (feed.stats, feed.latest_frame). PyAV converting one frame on two threads crashed the kernel
+# (a segfault in libswscale); run in a child process, so a crash fails this test, not pytest.
+CONCURRENT_CONVERSIONS = """
+import sys, threading, time
+sys.path.insert(0, {tests!r})
+from test_widgets_video import frame
+from ivisit_nb.media import VideoFeed, read_stamp
+from ivisit_nb.widgets.video import encode_jpeg
+
+feed = VideoFeed("alice")
+stop = time.monotonic() + 3.0
+bad = []
+
+def push():
+    n = 0
+    while time.monotonic() < stop:
+        feed.push(frame(n))
+        n += 1
+
+def jpeg():
+    while time.monotonic() < stop:
+        if feed.latest is not None:
+            encode_jpeg(feed.latest, 320)
+
+def look():
+    while time.monotonic() < stop:
+        if feed.latest is not None:
+            feed.stats
+            rgb = feed.latest_frame
+            if read_stamp(rgb) is None:
+                bad.append("unreadable")
+
+threads = [threading.Thread(target=f) for f in (push, jpeg, jpeg, look, look)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("ok", len(bad))
+"""
+
+
+def test_frames_are_converted_safely_on_many_threads(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "convert.py"
+    script.write_text(CONCURRENT_CONVERSIONS.format(tests=str(Path(__file__).parent)))
+    run = subprocess.run([sys.executable, "-X", "faulthandler", str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split() == ["ok", "0"], run.stdout
+
+
 def test_nothing_is_encoded_until_a_view_is_on_screen(view):
     feed, v, rec = view
     assert not v.subscribed and not feed.watched

@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..media.convert import reformat
 from ..media.feed import VideoFeed
 from .linkproto import BaseLinkProtocol
 from .loop import spawn
@@ -82,7 +83,7 @@ class VideoBroadcast:
             while True:
                 frame = await source.recv()
                 if frame.format.name != "yuv420p":  # once here, not once per link's encoder
-                    frame = frame.reformat(format="yuv420p")
+                    frame = reformat(frame, format="yuv420p")
                 pts = max(self._pts + 1, int((time.monotonic() - self._t0) * VIDEO_CLOCK))
                 frame.pts, frame.time_base, self._pts = pts, TIME_BASE, pts
                 self._seq += 1

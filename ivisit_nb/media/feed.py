@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from .convert import to_ndarray
+
 if TYPE_CHECKING:  # numpy is loaded only when frames are looked at
     import numpy as np
 
@@ -115,7 +117,7 @@ class VideoFeed:
     def latest_frame(self) -> np.ndarray | None:
         """The newest frame as an RGB ``uint8`` array (height x width x 3), or None."""
         frame = self._latest
-        return None if frame is None else frame.to_ndarray(format="rgb24")
+        return None if frame is None else to_ndarray(frame, format="rgb24")
 
     @property
     def stats(self) -> FeedStats:
@@ -131,7 +133,7 @@ class VideoFeed:
         if frame is not None:
             from .barcode import latency_ms, read_stamp
 
-            stamp = read_stamp(frame.to_ndarray(format="gray"))
+            stamp = read_stamp(to_ndarray(frame, format="gray"))
             if stamp is not None:
                 st.latency_ms = float(latency_ms(stamp[1], int(time.time() * 1000)))
         return st

@@ -36,6 +36,7 @@ import ipywidgets as widgets
 import numpy as np
 from traitlets import Bool, Int, Unicode
 
+from ..media.convert import to_ndarray
 from .frontend import MODULE_NAME, MODULE_VERSION, extension_available
 
 log = logging.getLogger("ivisit_nb.widgets")
@@ -64,9 +65,7 @@ def encode_jpeg(frame: Any, width: int | None = None, quality: int = QUALITY) ->
         h = max(2, int(round(fh * w / fw)) & ~1)
     else:
         w, h = fw & ~1, fh & ~1
-    if (w, h) != (fw, fh) or frame.format.name != "yuv420p":
-        frame = frame.reformat(width=w, height=h, format="yuv420p")
-    planes = frame.to_ndarray()  # (h * 3/2) x w: Y, then U, then V
+    planes = to_ndarray(frame, width=w, height=h, format="yuv420p")  # (h * 3/2) x w: Y, then U, then V
     y = planes[:h]
     u = planes[h:h + h // 4].reshape(h // 2, w // 2)
     v = planes[h + h // 4:h + h // 2].reshape(h // 2, w // 2)
