@@ -226,6 +226,26 @@ def tile_rows(got: dict, selectors: dict[str, str], seconds: float) -> dict[str,
     return rows
 
 
+def print_profile(cdp, seconds: float, top: int = 25) -> None:
+    """Sample the page's main thread for ``seconds`` and print the functions with the most self time."""
+    cdp.send("Profiler.enable")
+    cdp.send("Profiler.setSamplingInterval", {"interval": 200})
+    cdp.send("Profiler.start")
+    time.sleep(seconds)
+    prof = cdp.send("Profiler.stop")["profile"]
+    nodes = {n["id"]: n for n in prof["nodes"]}
+    self_ms: dict[str, float] = {}
+    for node_id, dt in zip(prof["samples"], prof["timeDeltas"]):
+        frame = nodes[node_id]["callFrame"]
+        where = frame["url"].rsplit("/", 1)[-1].split("?")[0]
+        key = f"{frame['functionName'] or '(anonymous)'} {where}:{frame['lineNumber']}" if where else frame["functionName"]
+        self_ms[key] = self_ms.get(key, 0.0) + dt / 1000
+    total = sum(self_ms.values()) or 1.0
+    print(f"\npage main thread, {seconds:g} s sampled: self time by function")
+    for key, ms in sorted(self_ms.items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {100 * ms / total:5.1f} %  {ms:8.0f} ms  {key}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--peers", type=int, default=4)
@@ -239,7 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=0, help="frames in flight per tile (default: the widget's, 2)")
     p.add_argument("--ack-lead", type=int, default=-1,
                    help="0: ack only the frame that fills the window; 1 (the widget's default): one slot earlier")
+    p.add_argument("--peer-nice", type=int, default=0, metavar="N",
+                   help="run the peer processes (the remote users' machines) at this nice level")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    p.add_argument("--profile", type=float, default=0, metavar="SECONDS",
+                   help="after the warm-up, sample the page's JavaScript for SECONDS (CDP Profiler) and print where it goes")
     p.add_argument("--local", action="store_true",
                    help="no peers: VideoFeeds in the kernel fed from TestPatterns (the frame path alone, no VP8)")
     p.add_argument("--peer", nargs=4, metavar=("URL", "NAME", "ROOM", "SIZE"), help=argparse.SUPPRESS)
@@ -275,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         results["mode"] = "local feeds (no link, no VP8)" if args.local else "remote peers over aiortc"
         (root / "video.ipynb").write_text(json.dumps(notebook(server.url, names, local)))
         port, token = free_port(), secrets.token_hex(16)
-        env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+        env = dict(os.environ, PYTHONFAULTHANDLER="1", JUPYTERLAB_SETTINGS_DIR=str(settings), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
                    IPYTHONDIR=str(base / "ipython"), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
         log = open(base / "jupyter.log", "w")
         lab_proc = subprocess.Popen(
@@ -303,8 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                 lab.open_notebook("video.ipynb")
                 lab.run_cell(0, timeout=60)
                 for n in (names if not args.local else []):
-                    procs.append(subprocess.Popen([sys.executable, __file__, "--peer", server.url, n, "bench",
-                                                   f"{args.width}x{args.height}@{args.fps:g}"], stdout=subprocess.DEVNULL))
+                    procs.append(subprocess.Popen(
+                        [sys.executable, __file__, "--peer", server.url, n, "bench", f"{args.width}x{args.height}@{args.fps:g}"],
+                        stdout=subprocess.DEVNULL, preexec_fn=(lambda: os.nice(args.peer_nice)) if args.peer_nice else None))
                 lab.run_cell(1, timeout=150)
                 lab.run_cell(2, timeout=30)
                 lab.py(KERNEL_PY)
@@ -316,13 +341,15 @@ def main(argv: list[str] | None = None) -> int:
                 results["window"] = lab.pyj("panel.roster.tiles[" + repr(names[0]) + "].video._encoder.window")
                 page.evaluate(STAMP_JS)
                 kernel = psutil.Process(int(lab.pyj("os.getpid()")))
-                tiles = {n: f'.ivisit-tile[data-user="{n}"] img.ivisit-frame' for n in names}
+                tiles = {n: f'.ivisit-tile[data-user="{n}"] canvas.ivisit-frame' for n in names}
                 deadline = time.monotonic() + 60
                 while not all(page.evaluate("(s) => !!window.__ivv.read(s)", s) for s in tiles.values()):
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"not every tile shows stamped frames: {lab.pyj('counters()')}")
                     time.sleep(0.5)
                 time.sleep(3)  # warm-up
+                if args.profile:
+                    print_profile(context.new_cdp_session(page), args.profile)
 
                 # 1. the tiles: fps, latency, kernel CPU
                 parts = cpu_parts(kernel, lab_proc, procs)
@@ -413,6 +440,10 @@ def main(argv: list[str] | None = None) -> int:
                 results["load"] = load_average()
                 context.close()
                 browser.close()
+        except BaseException:
+            log.flush()
+            print(f"--- the Jupyter server's log (tail) ---\n{(base / 'jupyter.log').read_text()[-4000:]}", file=sys.stderr)
+            raise
         finally:
             for proc in procs:
                 proc.send_signal(signal.SIGTERM)
