@@ -12,6 +12,7 @@ import pytest
 
 from helpers import make_file, sparse_file, wait_until
 from ivisit_nb import events as ev
+from ivisit_nb.engine.jitter import MarkerJitterBuffer
 from ivisit_nb.engine.video import LinkVideo
 from ivisit_nb.media import NumpySource, TestPattern, VideoFile, read_stamp
 from ivisit_nb.settings import Settings
@@ -84,6 +85,8 @@ def test_video_arrives_with_a_moving_stamp_and_a_bitrate(pair):
     wait_until(lambda: changed(seen_a, "bob", "out", True) and changed(seen_b, "alice", "in", True), T)
     assert link_video(alice, "bob").negotiated_direction == "sendonly"
     assert link_video(bob, "alice").negotiated_direction == "recvonly"
+    # frames are decoded when their marked packet is in (engine/jitter.py), not one frame later
+    assert isinstance(link_video(bob, "alice").transceiver.receiver._RTCRtpReceiver__jitter_buffer, MarkerJitterBuffer)
 
 
 def test_both_directions_at_once(pair):

@@ -30,6 +30,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..media.convert import reformat
 from ..media.feed import VideoFeed
+from .jitter import end_frames_at_marker
 from .linkproto import BaseLinkProtocol
 from .loop import spawn
 
@@ -232,6 +233,7 @@ class LinkVideo(BaseLinkProtocol):
     def _watch_receiver(self) -> None:
         """Count RTP payload bytes the receiver takes in, for the feed's bitrate (aiortc keeps none)."""
         receiver = self.transceiver.receiver
+        end_frames_at_marker(receiver)  # decode each frame when its last packet is in, not one frame later
         original = receiver._handle_rtp_packet
 
         async def counted(packet: Any, arrival_time_ms: int) -> None:
