@@ -5,7 +5,8 @@ The frame path (docs/video.md has the design and the measured figures)::
     engine thread        feed.push(frame) -> our watcher keeps it as the newest frame, returns
     encoder thread       newest frame -> scaled to the size shown -> JPEG (simplejpeg, straight
                          from the yuv420p planes) -> widget.send({f: seq, ...}, buffers=[jpeg])
-    browser (video.ts)   acks on receipt, before decoding; shows the newest frame in an <img>
+    browser (video.ts)   acks on receipt, before decoding; decodes off the main thread and paints
+                         one frame per animation frame into a <canvas>
 
 Feedback: at most :data:`WINDOW` frames are in flight (sent, not yet acknowledged). A frame
 that arrives while the window is full replaces the one waiting: frames are dropped, never

@@ -14,8 +14,11 @@
  *                                     widest visible view is `w` device pixels wide
  *   {p: page, bye: 1}                the page's last view was removed
  *
- * Each view shows frames in one <img class="ivisit-frame">. While a frame decodes, newer ones
- * replace each other in a one-slot pending box (newest wins; the others count as dropped).
+ * The model decodes each frame once (ImageDecoder, or createImageBitmap without WebCodecs), one
+ * at a time; while one decodes, newer ones replace each other in a one-slot box (newest wins;
+ * the others count as dropped). Decoded frames wait for an animation frame, at most 2, and each
+ * animation frame draws one into every visible view's <canvas class="ivisit-frame">: frames
+ * that arrive together are each painted, not drawn over before the screen shows them.
  * Views that are off screen (IntersectionObserver) or in a hidden page (`document.hidden`)
  * decode nothing; when no view of a model is on screen, the kernel stops encoding. A view's
  * width is watched too (ResizeObserver), so frames are encoded at the size shown.
