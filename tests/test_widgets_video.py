@@ -165,6 +165,33 @@ def test_at_most_two_frames_in_flight_and_the_newest_wins(view):
     assert v.displayed == 2 and feed.stats.displayed == 2
 
 
+def test_one_page_ack_returns_the_credit_of_every_tile(view, monkeypatch):
+    feed, v, rec = view
+    feed_b = VideoFeed("bob")
+    w = VideoView(feed_b)
+    rec_b = Recorder(w)
+    try:
+        for x in (v, w):
+            browser(x, {"p": "page1", "hello": 1, "v": True, "w": 320})
+        for n in (1, 2):
+            feed.push(frame(n))
+            feed_b.push(frame(n))
+            wait_until(lambda: len(rec.sent) == n and len(rec_b.sent) == n)
+        feed.push(frame(3))
+        feed_b.push(frame(3))
+        time.sleep(0.1)
+        assert len(rec.sent) == len(rec_b.sent) == 2 and w.in_flight == WINDOW  # both windows are full
+        # alice's ack carries bob's: [model id, newest arrived, shown, dropped]; junk is ignored
+        browser(v, {"a": 2, "d": 1, "x": 0, "o": [[w.model_id, 2, 2, 1], ["no-such-view", 9, 1, 0], "junk", [1, 2]]})
+        wait_until(lambda: len(rec.sent) == 3 and len(rec_b.sent) == 3)
+        assert read_stamp(simplejpeg.decode_jpeg(rec_b.sent[2][1]))[0] == 3
+        assert (v.displayed, w.displayed, w.browser_dropped, w.acks) == (1, 2, 1, 0)
+        browser(v, {"a": 3, "d": 0, "x": 0, "o": [[w.model_id, 99, 0, 0]]})  # never beyond what was sent
+        assert w.in_flight == 1
+    finally:
+        w.close()
+
+
 def test_acks_on_receipt_keep_up_with_30_fps(view):
     feed, v, rec = view
     browser(v, {"p": "page1", "hello": 1, "v": True, "w": 320})

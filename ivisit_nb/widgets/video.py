@@ -14,7 +14,9 @@ queued, so a slow, hidden or gone browser costs no memory, and no JPEG work afte
 window fills. The kernel marks the frame that fills the window (``k: 1``) and the browser
 acknowledges only those, on receipt, before decoding: one cumulative ack per two frames, small
 JSON, read straight off the comm without ipywidgets' state machinery (see
-:meth:`VideoView._on_comm_msg`). Acks cost the browser more than frames do (each one also
+:meth:`VideoView._on_comm_msg`). A page's ack also carries the newest arrived frame of each of
+this kernel's other video widgets (``o``), at most one ack every 20 ms: a tile's credit comes
+back with its neighbours' acks too. Acks cost the browser more than frames do (each one also
 brings an IOPub busy/idle pair), so halving them doubled the frames shown (docs/video.md).
 
 The browser says which of its views are on screen (IntersectionObserver, ``document.hidden``)
@@ -30,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable
 
@@ -42,6 +45,7 @@ from .frontend import MODULE_NAME, MODULE_VERSION, extension_available
 
 log = logging.getLogger("ivisit_nb.widgets")
 
+_LIVE: weakref.WeakValueDictionary[str, VideoView] = weakref.WeakValueDictionary()  # model id -> view, for page acks
 WINDOW = 2  # frames in flight (sent, not acknowledged) per widget
 ACK_LEAD = 0  # a frame asks for an ack when fewer than WINDOW - ACK_LEAD are in flight after it: 0 acks only the
 # frame that fills the window (one ack per two frames); 1 acks every frame at WINDOW 2 (measured: half the fps)
@@ -308,6 +312,7 @@ class VideoView(_FeedWatch, widgets.DOMWidget):
         if comm is not None:
             self._widget_handler = self._handle_msg  # ipywidgets' own, for everything but our messages
             comm.on_msg(self._on_comm_msg)
+            _LIVE[self.model_id] = self
 
     # -- kernel -> browser ------------------------------------------------------------------
     def _send_frame(self, content: dict[str, Any], jpeg: bytes) -> None:
@@ -333,9 +338,12 @@ class VideoView(_FeedWatch, widgets.DOMWidget):
     def _on_browser(self, content: dict[str, Any]) -> None:
         if "a" in content:  # ack: frames up to content["a"] arrived; "d" shown and "x" dropped since the last
             self.acks += 1
-            self._encoder.ack(int(content["a"]), content.get("t"))
-            self._count_displayed(int(content.get("d", 0)))
-            self.browser_dropped += int(content.get("x", 0))
+            self._take_ack(content["a"], content.get("d", 0), content.get("x", 0), content.get("t"))
+            for entry in content.get("o") or ():  # the same for this kernel's other video widgets in that page
+                if isinstance(entry, list) and len(entry) == 4:
+                    other = _LIVE.get(str(entry[0]))
+                    if other is not None and other is not self:
+                        other._take_ack(*entry[1:])
             return
         page = str(content.get("p", ""))
         if "hello" in content:
@@ -350,6 +358,11 @@ class VideoView(_FeedWatch, widgets.DOMWidget):
         shown = [w for v, w in self._clients.values() if v]
         self._encoder.width = max(shown) if shown and all(shown) else None
         self._update_subscription()
+
+    def _take_ack(self, seq: Any, shown: Any, dropped: Any, browser_ms: Any = None) -> None:
+        self._encoder.ack(int(seq), float(browser_ms) if isinstance(browser_ms, (int, float)) else None)
+        self._count_displayed(int(shown))
+        self.browser_dropped += max(0, int(dropped))
 
     def _want_frames(self) -> bool:
         return any(v for v, _w in self._clients.values())

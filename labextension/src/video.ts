@@ -4,11 +4,15 @@
  *
  * Kernel -> browser, one custom message per frame:
  *   {f: seq, w, h, k: 0|1} + one buffer, the JPEG. `k: 1` marks the frame that filled the
- *   kernel's window of frames in flight; it is acknowledged on receipt, before decoding.
+ *   kernel's window of frames in flight; it is acknowledged on receipt, before decoding,
+ *   together with every other video widget's newest frame (at most one ack per ACK_GAP ms).
  * Browser -> kernel (small JSON, read by the kernel straight off the comm):
- *   {a: seq, d: shown, x: dropped, t}  ack: frames up to `seq` arrived; `d` frames were shown and
+ *   {a: seq, d: shown, x: dropped, t, o}
+ *                                     ack: frames up to `seq` arrived; `d` frames were shown and
  *                                     `x` dropped unseen since the previous report; `t` is
- *                                     Date.now() (the kernel splits the round trip with it)
+ *                                     Date.now() (the kernel splits the round trip with it);
+ *                                     `o`: [[model id, seq, d, x], ...], the same for the
+ *                                     kernel's other video widgets in this page (AckHub)
  *   {p: page, hello: 1, v, w}        this page's model exists (after a reload too)
  *   {p: page, v, w, d, x}            a view of this page came on screen or left it (`v`), the
  *                                     widest visible view is `w` device pixels wide
@@ -58,6 +62,53 @@ async function decodeJpeg(data: ArrayBuffer | ArrayBufferView): Promise<Decoded>
   return createImageBitmap(new Blob([data as BlobPart], { type: 'image/jpeg' }));
 }
 
+/** At most one page ack every ACK_GAP ms (measured in bench/video.py; docs/video.md). */
+const ACK_GAP = 20;
+
+/**
+ * The acks of one kernel's video widgets in this page travel together: a frame that asks for an
+ * ack (`k: 1`) makes the hub send one message that acknowledges, for every widget, the newest
+ * frame that arrived. So a tile's credit also comes back with its neighbours' acks, and the
+ * kernel gets fewer messages than one per asking frame. The window stays per tile.
+ */
+class AckHub {
+  static of(manager: object): AckHub {
+    let hub = AckHub.hubs.get(manager);
+    if (!hub) {
+      hub = new AckHub();
+      AckHub.hubs.set(manager, hub);
+    }
+    return hub;
+  }
+
+  request(): void {
+    if (this.timer) {
+      return;
+    }
+    const wait = this.last + ACK_GAP - performance.now();
+    if (wait <= 0) {
+      this.flush();
+    } else {
+      this.timer = window.setTimeout(() => this.flush(), wait);
+    }
+  }
+
+  private flush(): void {
+    this.timer = 0;
+    this.last = performance.now();
+    const due = [...this.models].filter(m => m.unacked());
+    if (due.length) {
+      const [carrier, ...others] = due;
+      carrier.sendAck(others.map(m => m.ackEntry()));
+    }
+  }
+
+  readonly models = new Set<VideoModel>();
+  private timer = 0;
+  private last = -Infinity;
+  private static hubs = new WeakMap<object, AckHub>();
+}
+
 export class VideoModel extends DOMWidgetModel {
   defaults(): any {
     return {
@@ -76,7 +127,21 @@ export class VideoModel extends DOMWidgetModel {
 
   initialize(attributes: any, options: any): void {
     super.initialize(attributes, options);
+    this.latest = null;
+    this.received = 0;
+    this.highest = 0;
+    this.ackedUpTo = 0;
+    this.decoding = false;
+    this.waiting = null;
+    this.ready = [];
+    this.painting = false;
+    this.videoViews = new Set();
+    this.shown = 0;
+    this.dropped = 0;
+    this.sent = null;
     this.page = Math.random().toString(36).slice(2, 10);
+    this.hub = AckHub.of(this.widget_manager);
+    this.hub.models.add(this);
     this.on('msg:custom', this.onMessage, this);
     this.onVisibility = () => this.reportVisibility();
     document.addEventListener('visibilitychange', this.onVisibility);
@@ -89,15 +154,34 @@ export class VideoModel extends DOMWidgetModel {
       return;
     }
     this.received += 1;
+    this.highest = Math.max(this.highest, content.f);
     if (content.k) {
-      this.send({ a: content.f, d: this.shown, x: this.dropped, t: Date.now() }, {});
-      this.shown = 0;
-      this.dropped = 0;
+      this.hub.request();
     }
     this.offer({ seq: content.f, width: content.w, height: content.h, data: buffers[0] });
   }
 
-  /** Decode `frame` for the views on screen: one decode at a time, newer frames replace the
+  /** True if frames arrived since this model's last ack. */
+  unacked(): boolean {
+    return this.highest > this.ackedUpTo;
+  }
+
+  /** This model's part of a page ack: [model id, newest frame arrived, shown, dropped]. */
+  ackEntry(): [string, number, number, number] {
+    const entry: [string, number, number, number] = [this.model_id, this.highest, this.shown, this.dropped];
+    this.ackedUpTo = this.highest;
+    this.shown = 0;
+    this.dropped = 0;
+    return entry;
+  }
+
+  /** Send the page's ack on this model's comm: ours, plus `others` for the other tiles. */
+  sendAck(others: [string, number, number, number][]): void {
+    const [, a, d, x] = this.ackEntry();
+    this.send({ a, d, x, t: Date.now(), o: others }, {});
+  }
+
+    /** Decode `frame` for the views on screen: one decode at a time, newer frames replace the
    * one waiting (newest wins; the replaced and the unseen count as dropped). */
   offer(frame: Frame): void {
     this.latest = frame;
@@ -215,6 +299,7 @@ export class VideoModel extends DOMWidgetModel {
   }
 
   destroy(options?: any): any {
+    this.hub.models.delete(this);
     document.removeEventListener('visibilitychange', this.onVisibility);
     for (const { image } of this.ready.splice(0)) {
       image.close();
@@ -224,18 +309,24 @@ export class VideoModel extends DOMWidgetModel {
 
   static serializers = { ...DOMWidgetModel.serializers };
 
-  latest: Frame | null = null;
-  received = 0;
-  private decoding = false;
-  private waiting: Frame | null = null;
-  private ready: { image: Decoded; frame: Frame }[] = [];
-  private painting = false;
-  private page = '';
-  private videoViews = new Set<VideoView>();
-  private shown = 0;
-  private dropped = 0;
-  private sent: string | null = null;
-  private onVisibility: () => void = () => undefined;
+  // Backbone calls initialize() from inside the constructor, before class field initializers
+  // run, and those would then overwrite what initialize() set: so these are only declared here
+  // and set in initialize().
+  declare latest: Frame | null;
+  declare received: number;
+  declare private highest: number; // newest frame that arrived
+  declare private ackedUpTo: number; // newest frame this page acknowledged
+  declare private hub: AckHub;
+  declare private decoding: boolean;
+  declare private waiting: Frame | null;
+  declare private ready: { image: Decoded; frame: Frame }[];
+  declare private painting: boolean;
+  declare private page: string;
+  declare private videoViews: Set<VideoView>;
+  declare private shown: number;
+  declare private dropped: number;
+  declare private sent: string | null;
+  declare private onVisibility: () => void;
 }
 
 export class VideoView extends DOMWidgetView {

@@ -155,6 +155,9 @@ def test_remote_tile_shows_live_video(vlab):
     assert stats[:2] == [640, 480] and stats[2] > 20 and stats[4] > 0
     shape = lab.pyj("list(panel.roster.tiles['alice'].latest_frame.shape)")
     assert shape == [480, 640, 3]
+    # one page, known by the id it said hello with (a class field once reset it to '' after hello)
+    pages = lab.pyj("list(panel.roster.tiles['alice'].video._clients)")
+    assert len(pages) == 1 and pages[0], pages
     lab.screenshot("video-tile")
 
 
