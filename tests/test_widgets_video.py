@@ -188,6 +188,15 @@ def test_one_page_ack_returns_the_credit_of_every_tile(view, monkeypatch):
         assert (v.displayed, w.displayed, w.browser_dropped, w.acks) == (1, 2, 1, 0)
         browser(v, {"a": 3, "d": 0, "x": 0, "o": [[w.model_id, 99, 0, 0]]})  # never beyond what was sent
         assert w.in_flight == 1
+        # a cumulative ack settles every frame that asked for one up to it: nothing is kept
+        assert v._encoder._asked == {} and len(w._encoder._asked) <= 1
+        with w._encoder.cond:  # frames 4 and 5 asked; the page's ack names only 5
+            w._encoder.seq, w._encoder._asked = 5, {4: time.monotonic(), 5: time.monotonic()}
+        browser(v, {"a": 3, "d": 0, "x": 0, "o": [[w.model_id, 5, 0, 0]]})
+        assert w._encoder._asked == {} and w.in_flight == 0
+        v._shown.extendleft([0.0] * 5000)  # shown long ago; nobody read displayed_fps since
+        browser(v, {"a": 3, "d": 1, "x": 0})
+        assert len(v._shown) < 100
     finally:
         w.close()
 

@@ -117,7 +117,9 @@ class _Encoder:
 
     def ack(self, seq: int, browser_ms: float | None = None) -> None:
         with self.cond:
-            sent = self._asked.pop(seq, None)
+            sent = None
+            for asked in [a for a in self._asked if a <= seq]:  # acks are cumulative: all these arrived
+                sent = self._asked.pop(asked)
             if sent is not None:
                 self.ack_rtts.append(time.monotonic() - sent)
                 if browser_ms is not None:  # same machine: split the round trip at the browser's clock
@@ -250,12 +252,15 @@ class _FeedWatch:
         """The feed's newest frame as RGB (H x W x 3 ``uint8``), or None."""
         return None if self.feed is None else self.feed.latest_frame
 
+    def _trim_shown(self, now: float) -> None:
+        while self._shown and self._shown[0] < now - 2.0:
+            self._shown.popleft()
+
     @property
     def displayed_fps(self) -> float:
         now = time.monotonic()
         with self._watch_lock:
-            while self._shown and self._shown[0] < now - 2.0:
-                self._shown.popleft()
+            self._trim_shown(now)
             return (len(self._shown) - 1) / max(now - self._shown[0], 1e-6) if len(self._shown) > 1 else 0.0
 
     def _count_displayed(self, n: int) -> None:
@@ -265,6 +270,7 @@ class _FeedWatch:
         with self._watch_lock:
             self.displayed += n
             self._shown.extend([now] * min(n, 1000))
+            self._trim_shown(now)
         if self.feed is not None:
             self.feed.count_displayed(n)
 
