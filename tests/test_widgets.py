@@ -476,3 +476,24 @@ def test_closing_the_panel_closes_every_widget_inside(pair):
     p.close()
     assert [w for w in inside if w.comm is not None] == []
     assert bob.inbox.closed
+
+
+def test_a_closed_panel_freed_on_another_thread_does_not_wait_for_ui_lock(panel):
+    """The garbage collector may free a closed widget on any thread (ipywidgets' __del__ calls
+    close() again), even one that a thread holding UI_LOCK is waiting for: that once hung the suite."""
+    import threading
+
+    from ivisit_nb.widgets import UI_LOCK
+
+    parts = [panel, panel.roster, *panel.roster.tiles.values()]
+    panel.close()
+    done = threading.Event()
+
+    def collect() -> None:
+        for w in parts:
+            w.__del__()  # what the collector runs
+        done.set()
+
+    with UI_LOCK:
+        threading.Thread(target=collect, daemon=True).start()
+        assert done.wait(10), "a closed widget's __del__ waited for UI_LOCK"

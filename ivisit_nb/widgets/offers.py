@@ -25,7 +25,7 @@ from .. import events as ev
 from ..consent import Request
 from ..sharing.transfers import kib
 from .frontend import Bridge, box
-from .pump import UI_LOCK, Pump, Tick, close_tree, guard
+from .pump import UI_LOCK, Pump, Tick, close_tree, closes_once, guard
 
 VIDEO_EVENTS = tuple(e for e in (getattr(ev, "VideoChanged", None),) if e is not None)
 
@@ -167,6 +167,7 @@ class OfferDialog(widgets.VBox):
                 if not card.request.pending or (ended is not None and card.request.details.get("transfer_id") == ended):
                     self._remove(card)
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self._stop()

@@ -17,7 +17,7 @@ from .drop import Notice
 from .frontend import Bridge, extension_available
 from .offers import OfferDialog
 from .progress import ProgressList
-from .pump import UI_LOCK, Pump, Tick, close_tree
+from .pump import UI_LOCK, Pump, Tick, close_tree, closes_once
 from .roster import VIDEO_EVENTS, PreviewTile, Roster
 from .settings_panel import ReceiveToggle
 from .viewer import Viewer
@@ -64,6 +64,7 @@ class Panel(widgets.VBox):
             colour = "var(--jp-error-color1)" if event.error else "var(--jp-ui-font-color2)"
             self.status.value = f'<small style="color:{colour}">{escape(event.text)}</small>'
 
+    @closes_once
     def close(self) -> None:
         """Close every part; closing the viewer calls ``inbox.close()``."""
         with UI_LOCK:

@@ -16,7 +16,7 @@ import ipywidgets as widgets
 from .. import events as ev
 from ..sharing.transfers import Transfer
 from .frontend import box
-from .pump import UI_LOCK, Pump, Tick, close_tree, guard
+from .pump import UI_LOCK, Pump, Tick, close_tree, closes_once, guard
 from .units import human_rate
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ class ProgressList(widgets.VBox):
                 self.children = [c for c in self.children if c is not old]
                 close_tree(old)
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self._stop()

@@ -20,6 +20,7 @@ The pump also:
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -82,6 +83,24 @@ def guard(widget: "Widget") -> "Widget":
 
     comm.on_msg(locked)
     return widget
+
+
+def closes_once(close: Callable[[Any], None]) -> Callable[[Any], None]:
+    """Decorate a widget's ``close()``: once the widget is closed, calling it again does nothing.
+
+    ipywidgets' ``Widget.__del__`` calls ``close()`` again when the garbage collector frees a
+    closed widget, on whatever thread the collector happens to run in. Our ``close()`` methods
+    take :data:`UI_LOCK`; when that thread is one being started by a thread that holds the lock
+    (and waits for it to start), both hang. The suite, run beside two busy loops, hung so.
+    """
+
+    @functools.wraps(close)
+    def guarded(self: Any) -> None:
+        if getattr(self, "comm", None) is None:  # closed already (ipywidgets drops the comm)
+            return
+        close(self)
+
+    return guarded
 
 
 def close_tree(widget: "Widget") -> None:

@@ -22,7 +22,7 @@ import ipywidgets as widgets
 from .. import events as ev
 from .drop import DropReceiver
 from .frontend import box
-from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, guard
+from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, closes_once, guard
 from .settings_panel import SettingsPanel
 from .video import video_widget
 
@@ -122,6 +122,7 @@ class Tile(widgets.VBox):
                 self.reception.icon = "check"
                 self.reception.tooltip = f"Click to block files and URLs from {self.user}"
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self.drops.close()
@@ -184,6 +185,7 @@ class PreviewTile(widgets.VBox):
             self.button.description = "Stop video" if self.sending else "Start video"
             self.button.icon = "stop" if self.sending else "video-camera"
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             for child in list(self.children):
@@ -245,6 +247,7 @@ class Roster(widgets.HBox):
             for t in ([tile] if tile else self.tiles.values()):
                 t.refresh()
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self._stop()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import ipywidgets as widgets
 
 from ..settings import CHOICES, KINDS
-from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, guard
+from .pump import UI_LOCK, Pump, SettingChanged, Tick, close_tree, closes_once, guard
 
 if TYPE_CHECKING:
     from .api import SessionAPI as Session
@@ -61,6 +61,7 @@ class SettingsPanel(widgets.VBox):
         if isinstance(event, SettingChanged) and event.user in (self.user, None):
             self.refresh()
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self._stop()
@@ -89,6 +90,7 @@ class ReceiveToggle(widgets.HBox):
         if isinstance(event, Tick):  # receiving has no event: follow code that sets it
             self.checkbox.value = self.session.receiving
 
+    @closes_once
     def close(self) -> None:
         with UI_LOCK:
             self._stop()

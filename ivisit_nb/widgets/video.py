@@ -42,6 +42,7 @@ from traitlets import Bool, Int, Unicode
 
 from ..media.convert import to_ndarray
 from .frontend import MODULE_NAME, MODULE_VERSION, extension_available
+from .pump import closes_once
 
 log = logging.getLogger("ivisit_nb.widgets")
 
@@ -398,6 +399,7 @@ class VideoView(_FeedWatch, widgets.DOMWidget):
         down, up = sorted(w[0] for w in ways), sorted(w[1] for w in ways)
         return down[len(down) // 2], up[len(up) // 2]
 
+    @closes_once
     def close(self) -> None:
         self._encoder.close()
         self._update_subscription()
@@ -428,6 +430,7 @@ class ImageVideo(_FeedWatch, widgets.Image):
     def _want_frames(self) -> bool:
         return True
 
+    @closes_once
     def close(self) -> None:
         self._encoder.close()
         self._update_subscription()

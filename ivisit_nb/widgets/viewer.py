@@ -28,7 +28,7 @@ from ..sharing.names import safe_name
 from .drop import DropReceiver, Notice
 from .frontend import Bridge, box
 from .preview import preview
-from .pump import UI_LOCK, InboxChanged, Pump, close_tree, guard
+from .pump import UI_LOCK, InboxChanged, Pump, close_tree, closes_once, guard
 
 if TYPE_CHECKING:
     from .api import SessionAPI as Session
@@ -228,6 +228,7 @@ class Viewer(widgets.VBox):
         if isinstance(event, InboxChanged):
             self.refresh()
 
+    @closes_once
     def close(self) -> None:
         """Closing the widget closes the viewer too (``inbox.close()``)."""
         if getattr(self, "_closing", False) or not hasattr(self, "_stop"):
