@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from .feed import rate_of, trim_times
 from .sources import NumpySource
 
 log = logging.getLogger("ivisit_nb.media.camera")
@@ -146,9 +147,9 @@ class Camera(NumpySource):
     def stats(self) -> CameraStats:
         now = time.monotonic()
         with self._stats_lock:
-            _trim(self._arrivals, now)
+            trim_times(self._arrivals, now, RATE_WINDOW)
             st = CameraStats(**vars(self._stats))
-            st.fps = _rate(self._arrivals, now)
+            st.fps = rate_of(self._arrivals, now)
         if self._capture is not None:
             st.browser_skipped = int(self._capture.skipped)
             st.status = str(self._capture.status)
@@ -230,7 +231,7 @@ class Camera(NumpySource):
             if sent_ms is not None:
                 self._stats.latency_ms = time.time() * 1000 - sent_ms
             self._arrivals.append(now)
-            _trim(self._arrivals, now)
+            trim_times(self._arrivals, now, RATE_WINDOW)
 
     def _reject(self, seq: int | None, reason: str) -> None:
         log.warning("camera: rejected a frame: %s", reason)
@@ -356,12 +357,3 @@ def _resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height)))
 
 
-def _trim(times: deque[float], now: float) -> None:
-    while times and times[0] < now - RATE_WINDOW:
-        times.popleft()
-
-
-def _rate(times: deque[float], now: float) -> float:
-    if len(times) < 2:
-        return 0.0
-    return (len(times) - 1) / max(now - times[0], 1e-6)

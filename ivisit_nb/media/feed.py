@@ -69,7 +69,7 @@ class VideoFeed:
             st.frames += 1
             st.width, st.height = frame.width, frame.height
             self._arrivals.append(now)
-            _trim(self._arrivals, now)
+            trim_times(self._arrivals, now)
             watchers = list(self._watchers)
         for w in watchers:
             w(frame)
@@ -88,7 +88,7 @@ class VideoFeed:
         with self._lock:
             self._stats.displayed += n
             self._shown.extend([now] * n)
-            _trim(self._shown, now)
+            trim_times(self._shown, now)
 
     # -- the watchers' side ----------------------------------------------------------------
     def subscribe(self, watcher: Watcher) -> Callable[[], None]:
@@ -124,11 +124,11 @@ class VideoFeed:
         """A snapshot of the statistics; ``latency_ms`` is read from the newest frame's stamp."""
         now = time.monotonic()
         with self._lock:
-            _trim(self._arrivals, now)
-            _trim(self._shown, now)
+            trim_times(self._arrivals, now)
+            trim_times(self._shown, now)
             st = FeedStats(**vars(self._stats))
-            st.received_fps = _rate(self._arrivals, now)
-            st.displayed_fps = _rate(self._shown, now)
+            st.received_fps = rate_of(self._arrivals, now)
+            st.displayed_fps = rate_of(self._shown, now)
             frame = self._latest
         if frame is not None:
             from .barcode import latency_ms, read_stamp
@@ -139,12 +139,14 @@ class VideoFeed:
         return st
 
 
-def _trim(times: deque[float], now: float) -> None:
-    while times and times[0] < now - FPS_WINDOW:
+def trim_times(times: deque[float], now: float, window: float = FPS_WINDOW) -> None:
+    """Drop the times (``time.monotonic()``) older than ``window`` seconds before ``now``."""
+    while times and times[0] < now - window:
         times.popleft()
 
 
-def _rate(times: deque[float], now: float) -> float:
+def rate_of(times: deque[float], now: float) -> float:
+    """Events per second over the (trimmed) ``times``; 0 with fewer than two."""
     if len(times) < 2:
         return 0.0
     return (len(times) - 1) / max(now - times[0], 1e-6)

@@ -41,6 +41,7 @@ import numpy as np
 from traitlets import Bool, Int, Unicode
 
 from ..media.convert import to_ndarray
+from ..media.feed import rate_of, trim_times
 from .frontend import MODULE_NAME, MODULE_VERSION, extension_available
 from .pump import closes_once
 
@@ -253,16 +254,12 @@ class _FeedWatch:
         """The feed's newest frame as RGB (H x W x 3 ``uint8``), or None."""
         return None if self.feed is None else self.feed.latest_frame
 
-    def _trim_shown(self, now: float) -> None:
-        while self._shown and self._shown[0] < now - 2.0:
-            self._shown.popleft()
-
     @property
     def displayed_fps(self) -> float:
         now = time.monotonic()
         with self._watch_lock:
-            self._trim_shown(now)
-            return (len(self._shown) - 1) / max(now - self._shown[0], 1e-6) if len(self._shown) > 1 else 0.0
+            trim_times(self._shown, now)
+            return rate_of(self._shown, now)
 
     def _count_displayed(self, n: int) -> None:
         if n <= 0:
@@ -271,7 +268,7 @@ class _FeedWatch:
         with self._watch_lock:
             self.displayed += n
             self._shown.extend([now] * min(n, 1000))
-            self._trim_shown(now)
+            trim_times(self._shown, now)
         if self.feed is not None:
             self.feed.count_displayed(n)
 
