@@ -128,7 +128,6 @@ export class VideoModel extends DOMWidgetModel {
   initialize(attributes: any, options: any): void {
     super.initialize(attributes, options);
     this.latest = null;
-    this.received = 0;
     this.highest = 0;
     this.ackedUpTo = 0;
     this.decoding = false;
@@ -153,7 +152,6 @@ export class VideoModel extends DOMWidgetModel {
     if (!content || typeof content.f !== 'number' || !buffers || !buffers.length) {
       return;
     }
-    this.received += 1;
     this.highest = Math.max(this.highest, content.f);
     if (content.k) {
       this.hub.request();
@@ -313,7 +311,6 @@ export class VideoModel extends DOMWidgetModel {
   // run, and those would then overwrite what initialize() set: so these are only declared here
   // and set in initialize().
   declare latest: Frame | null;
-  declare received: number;
   declare private highest: number; // newest frame that arrived
   declare private ackedUpTo: number; // newest frame this page acknowledged
   declare private hub: AckHub;
